@@ -1,0 +1,7 @@
+"""CLI commands: attack (see robustcompress.cli)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI commands: data (see robustcompress.cli)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI commands: dist (see robustcompress.cli)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""CLI commands: experiments (see robustcompress.cli)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

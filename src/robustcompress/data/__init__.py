@@ -1,0 +1,1 @@
+"""robustcompress.data"""

@@ -1,0 +1,14 @@
+"""Defenses, one file per method. Importing this package registers every defense.
+
+Add a new method by creating ``defenses/<method>.py`` with a :class:`DefenseSpec` and importing it
+below.
+"""
+
+from robustcompress.defenses.base import (  # noqa: F401
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    get_defense,
+    list_defenses,
+    register_defense,
+)
