@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests read real data from ../shared/data (or $ROBUSTCOMPRESS_DATA)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two xdist workers share two cores: one thread each keeps them from fighting.
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    env = os.environ.get("ROBUSTCOMPRESS_DATA")
+    return Path(env) if env else (REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = shared_data_root()
+    if not root.exists():
+        pytest.skip(f"shared data not found at {root}")
+    return root
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
