@@ -63,7 +63,17 @@ class DefenseSpec:
     Params: ClassVar[type[DefenseParams]] = DefenseParams
 
     def apply(self, model: nn.Module, params: DefenseParams, ctx: DefenseContext) -> dict[str, nn.Module]:
+        """Convert (and, if the method needs it, train/fine-tune) a deep copy of ``model``."""
         raise NotImplementedError
+
+    def structure(self, model: nn.Module, params: DefenseParams) -> nn.Module:
+        """The defended *architecture* without any training, used to rebuild a checkpoint.
+
+        ``load_checkpoint`` builds the base model, calls ``structure`` for each recorded defense
+        (in order), then loads the saved state dict. The default assumes the defense does not
+        change the module tree's parameters/buffers (e.g. adversarial training).
+        """
+        return model
 
 
 _DEFENSES: dict[str, DefenseSpec] = {}

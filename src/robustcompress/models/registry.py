@@ -27,7 +27,7 @@ def register_model(name: str, doc: str = ""):
         if name in _MODELS:
             raise RuntimeError(f"model {name!r} registered twice")
         _MODELS[name] = fn
-        _DOCS[name] = doc or (fn.__doc__ or "").strip().splitlines()[0] if (doc or fn.__doc__) else ""
+        _DOCS[name] = doc or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         return fn
 
     return deco
@@ -48,7 +48,8 @@ def build_model(name: str, info: DatasetInfo, **kwargs) -> nn.Module:
             "(see `robustcompress models`)"
         )
     model = _MODELS[name](info, **kwargs)
-    model.robustcompress_name = name  # recorded in checkpoints
+    # Recorded in checkpoints so that a model can be rebuilt before its weights are loaded.
+    model.robustcompress_spec = {"model": name, "model_kwargs": dict(kwargs), "info": info.to_dict()}
     return model
 
 
