@@ -1,7 +1,7 @@
 """The ``robustcompress`` command. Thin: parses arguments and calls the library.
 
 Sub-commands live in :mod:`robustcompress.commands` (one module per area, each exposing
-``register(app)``). User errors (:class:`robustcompress.errors.UserInputError`) are printed as one
+``register(app)``; every module there is picked up). User errors (:class:`robustcompress.errors.UserInputError`) are printed as one
 line without a traceback and exit with status 2.
 """
 
@@ -14,7 +14,6 @@ import typer
 
 from robustcompress.errors import UserInputError
 
-COMMAND_MODULES = ("data", "train", "attack", "experiments", "defenses", "dist")
 
 app = typer.Typer(
     name="robustcompress",
@@ -35,8 +34,17 @@ def _root() -> None:
     """Make neural networks small *and* adversarially robust, and measure how robust they are."""
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"robustcompress.commands.{_name}").register(app)
+def _register_commands() -> None:
+    """Every module in robustcompress.commands adds its sub-commands (sorted for stable help)."""
+    import pkgutil
+
+    import robustcompress.commands as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        importlib.import_module(f"robustcompress.commands.{info.name}").register(app)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,0 @@
-"""CLI commands: defenses (see robustcompress.cli)."""
-
-import typer
-
-
-def register(app: typer.Typer) -> None:
-    pass
