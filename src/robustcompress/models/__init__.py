@@ -1,3 +1,11 @@
-"""Model zoo (registry by name). Importing this package registers every architecture."""
+"""Model zoo (registry by name). Importing this package registers every architecture.
+
+One file per family: :mod:`.lenet` (lenet300, lenet5), :mod:`.cnn` (cnn4), :mod:`.vgg` (vgg,
+vgg_sparse, vgg16), :mod:`.resnet` (resnet20, resnet18, wrn), :mod:`.soundnet` (soundnet5).
+The contract every model follows is in :mod:`.base`.
+"""
 
 from robustcompress.models.registry import Normalize, build_model, list_models, register_model  # noqa: F401
+from robustcompress.models import cnn, lenet, resnet, soundnet, vgg  # noqa: F401,E402  (register)
+from robustcompress.models.base import check_contract, check_input_shape  # noqa: F401,E402
+from robustcompress.models.features import features, select_modules  # noqa: F401,E402
