@@ -1,1 +1,33 @@
-"""robustcompress.attacks"""
+"""Attacks: threat model, input gradients with EOT, MC-averaged verdicts, and the attacks themselves.
+
+``from robustcompress.attacks import ThreatModel, run_attack``::
+
+    threat = ThreatModel.from_spec("linf", "8/255", info)
+    result = run_attack("pgd", model, x, y, threat, steps=20, generator=torch.Generator().manual_seed(0))
+    result.robust_accuracy, result.success, result.x_adv
+
+Every attack is a plain function in ``attacks/<name>.py`` registered in
+:mod:`robustcompress.attacks.registry`; importing this package registers all of them.
+"""
+
+from robustcompress.attacks.threat import ThreatModel  # noqa: F401
+from robustcompress.attacks.base import (  # noqa: F401
+    AttackResult,
+    DEFAULT_EOT_SAMPLES,
+    DEFAULT_MC_SAMPLES,
+    SampleNoise,
+    input_gradient,
+    judge,
+    mc_predict,
+    objective,
+)
+from robustcompress.attacks.registry import (  # noqa: F401
+    get_attack,
+    list_attacks,
+    register_attack,
+    run_attack,
+)
+
+# --- attacks owned by the attack-core helper ---------------------------------------------------
+
+# --- attacks owned by the attack-eval helper (they append their imports below) -----------------

@@ -1,0 +1,519 @@
+"""What every attack shares: the result type, input gradients with EOT, MC predictions, judging.
+
+* :class:`AttackResult`: the one return value of every attack (no ``(raw, clipped, success)``
+  triple): adversarial inputs inside the threat model, per-sample success under the MC-averaged
+  prediction, "fooled in at least one draw", predictions and perturbation sizes.
+* :func:`input_gradient`: ``d loss / d x`` only (``torch.autograd.grad`` with respect to the
+  input), so the model's parameter ``.grad`` buffers are never touched and no weight gradient is
+  computed; the model's train/eval mode is never changed. For stochastic models (modules declaring
+  ``stochastic=True``, see :mod:`robustcompress.nn.protocol`) it averages over ``eot_samples``
+  draws of the model's randomness (Expectation over Transformation, Athalye et al. 2018).
+* :func:`mc_predict` and :func:`judge`: Monte-Carlo averaged softmax predictions, the verdict a
+  robust-accuracy figure is computed from (a sample is robust only under the averaged prediction;
+  ``fooled_any`` also reports "fooled in at least one of n draws").
+* :class:`SampleNoise`: randomness drawn per sample from per-sample generators seeded in order from
+  the caller's generator, so random starts do not depend on how the data is batched.
+
+Losses are *per sample* and summed (never averaged) before differentiation, so the gradient of one
+sample does not depend on the batch size. Every loss is oriented so that the attacker maximises it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcompress.attacks.threat import ThreatModel
+from robustcompress.errors import UserInputError
+from robustcompress.nn.protocol import is_stochastic, use_generator
+
+#: Draws of a stochastic model's randomness per gradient when the caller does not say
+#: (AutoAttack's ``version='rand'`` uses 20).
+DEFAULT_EOT_SAMPLES = 20
+#: Draws averaged for the final prediction of a stochastic model when the caller does not say.
+DEFAULT_MC_SAMPLES = 20
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- result
+@dataclass
+class AttackResult:
+    """Outcome of one attack on a batch (every tensor has one row per input).
+
+    Attributes
+    ----------
+    x_adv : adversarial inputs, inside the threat model's eps-ball and box (minimal-perturbation
+        attacks may return points outside the ball; then ``success`` also requires
+        ``norm <= eps``).
+    success : the attack reached its goal (misclassification, or the target class) under the
+        MC-averaged prediction. Robust accuracy is ``1 - success.float().mean()``; inputs the model
+        already misclassifies count as successes.
+    fooled_any : goal reached in at least one of the ``mc_samples`` draws (equal to ``success``
+        for deterministic models).
+    pred : predicted class of ``x_adv`` (argmax of the MC-averaged softmax).
+    norm : perturbation size ``||x_adv - x||`` in the threat model's norm.
+    attack, params : the attack's registered name and the parameters it ran with.
+    extra : attack-specific per-sample or scalar information (e.g. the loss reached).
+    time_s : wall-clock seconds (set by :func:`~robustcompress.attacks.registry.run_attack`).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    fooled_any: torch.Tensor
+    pred: torch.Tensor
+    norm: torch.Tensor
+    attack: str = ""
+    params: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    time_s: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.success.shape[0])
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of inputs on which the attack failed (NaN for an empty batch)."""
+        n = len(self)
+        return float((~self.success).sum()) / n if n else math.nan
+
+    def summary(self) -> dict:
+        """Scalars for tables and JSON: robust accuracy, fooled-any rate, perturbation norms."""
+        norm = self.norm.detach().double().cpu()
+        ok = self.success.cpu()
+        return {
+            "attack": self.attack,
+            "n": len(self),
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": float(ok.double().mean()) if len(self) else math.nan,
+            "fooled_any_rate": float(self.fooled_any.double().mean()) if len(self) else math.nan,
+            "norm_mean": float(norm.mean()) if len(self) else math.nan,
+            "norm_median": float(norm.median()) if len(self) else math.nan,
+            "norm_max": float(norm.max()) if len(self) else math.nan,
+            "time_s": self.time_s,
+            "params": dict(self.params),
+        }
+
+    @staticmethod
+    def concat(results: Sequence["AttackResult"]) -> "AttackResult":
+        """Join per-batch results (same attack) into one, in order."""
+        if not results:
+            raise ValueError("nothing to concatenate")
+        first = results[0]
+        extra = {}
+        for k, v in first.extra.items():
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and all(
+                isinstance(r.extra.get(k), torch.Tensor) for r in results
+            ):
+                extra[k] = torch.cat([r.extra[k] for r in results])
+            else:
+                extra[k] = v
+        return AttackResult(
+            x_adv=torch.cat([r.x_adv for r in results]),
+            success=torch.cat([r.success for r in results]),
+            fooled_any=torch.cat([r.fooled_any for r in results]),
+            pred=torch.cat([r.pred for r in results]),
+            norm=torch.cat([r.norm for r in results]),
+            attack=first.attack,
+            params=dict(first.params),
+            extra=extra,
+            time_s=sum(r.time_s for r in results),
+        )
+
+
+# ---------------------------------------------------------------------------- losses
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _top_other(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Largest logit among the classes other than ``y`` (per sample)."""
+    other = logits.scatter(1, y.view(-1, 1), float("-inf"))
+    return other.amax(dim=1)
+
+
+def cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini & Wagner's margin, oriented for the attacker: ``max_{i != y} z_i - z_y``.
+
+    Positive exactly when the input is misclassified. Unclamped (no confidence kappa).
+    """
+    return _top_other(logits, y) - logits.gather(1, y.view(-1, 1)).squeeze(1)
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio (Croce & Hein, ICML 2020, eq. 6), oriented for the attacker.
+
+    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`` with ``z_pi`` the logits sorted in decreasing
+    order; invariant to shifting and rescaling the logits. Needs at least 3 classes.
+    """
+    if logits.shape[1] < 3:
+        raise UserInputError("the DLR loss needs at least 3 classes; use loss='ce' or 'cw'")
+    z = logits.sort(dim=1, descending=True).values
+    return cw_loss(logits, y) / (z[:, 0] - z[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR of APGD-T (Croce & Hein 2020, eq. 7): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2)``.
+
+    Maximised by the attacker; needs at least 4 classes.
+    """
+    if logits.shape[1] < 4:
+        raise UserInputError("the targeted DLR loss needs at least 4 classes; use loss='ce'")
+    z = logits.sort(dim=1, descending=True).values
+    zy = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    zt = logits.gather(1, target.view(-1, 1)).squeeze(1)
+    return -(zy - zt) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "cw": cw_loss}
+
+
+def resolve_loss(loss: Union[str, LossFn]) -> LossFn:
+    """A loss name (``"ce"``, ``"dlr"``, ``"cw"``) or a callable ``loss(logits, y) -> [B]``."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise UserInputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or pass a callable")
+    return LOSSES[loss]
+
+
+# ---------------------------------------------------------------------------- draws
+def samples_vectorizable(model: nn.Module) -> bool:
+    """True if every stochastic module draws independently per sample (``granularity="sample"``).
+
+    Then repeating the batch n times in one forward gives n independent draws per input. Modules
+    that do not declare a granularity are treated as ``"batch"`` (one draw shared by the batch).
+    """
+    return all(
+        getattr(m, "granularity", "batch") == "sample"
+        for m in model.modules()
+        if getattr(m, "stochastic", False)
+    )
+
+
+def resolve_draws(model: nn.Module, n: Optional[int], default: int) -> int:
+    """Number of draws to average: 1 for deterministic models, ``n`` (or ``default``) otherwise."""
+    if not is_stochastic(model):
+        return 1
+    n = default if n is None else int(n)
+    if n < 1:
+        raise UserInputError(f"the number of samples must be >= 1, got {n}")
+    return n
+
+
+def _copies_per_forward(model: nn.Module, batch: int, n: int, max_rows: Optional[int]) -> list[int]:
+    """Split ``n`` draws into forwards of ``c`` stacked copies of the batch (sum of c = n)."""
+    if n <= 1:
+        return [1]
+    if samples_vectorizable(model):
+        k = n if max_rows is None else max(1, int(max_rows) // max(batch, 1))
+    else:
+        k = 1
+    k = min(k, n)
+    return [k] * (n // k) + ([n % k] if n % k else [])
+
+
+def _generator_scope(model: nn.Module, generator: Optional[torch.Generator]):
+    return use_generator(model, generator) if generator is not None else contextlib.nullcontext()
+
+
+def _repeat(t: torch.Tensor, c: int) -> torch.Tensor:
+    return t if c == 1 else t.repeat(c, *([1] * (t.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------- gradients
+def input_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: Union[str, LossFn] = "ce",
+    eot_samples: Optional[int] = 1,
+    generator: Optional[torch.Generator] = None,
+    targeted: bool = False,
+    max_rows: Optional[int] = None,
+    return_logits: bool = False,
+):
+    """Per-sample attacker objective and its gradient with respect to the input only.
+
+    Parameters
+    ----------
+    model : any ``nn.Module`` mapping ``[B, ...]`` inputs to ``[B, C]`` logits. Its mode, its
+        parameters and their ``.grad`` are left untouched; no weight gradient is computed.
+    x, y : inputs and labels (targets when ``targeted``).
+    loss : ``"ce"``, ``"dlr"``, ``"cw"`` or ``callable(logits, y) -> [B]`` to maximise.
+    eot_samples : draws of the model's randomness to average (EOT). Ignored (1) for deterministic
+        models; ``None`` means :data:`DEFAULT_EOT_SAMPLES` for stochastic ones.
+    generator : the stochastic modules draw from it during the call (via
+        :func:`robustcompress.nn.use_generator`); the global RNG is then not used.
+    targeted : maximise ``-loss(logits, y)`` (move towards the target ``y``).
+    max_rows : most rows per forward when draws are vectorised (memory bound); ``None``: all
+        ``eot_samples`` copies of the batch in one forward.
+    return_logits : also return the logits averaged over the draws (detached).
+
+    Returns
+    -------
+    ``(objective [B], grad [B, ...])`` (plus ``logits [B, C]`` if asked): the objective is the
+    value being maximised (the loss, or minus it when targeted), averaged over draws; ``grad`` is
+    its average gradient. The per-sample losses are summed before differentiation, so each
+    sample's gradient is independent of the batch. Inputs the model output does not depend on get
+    a zero gradient; NaN gradients are returned as they are (see the masking checks).
+
+    Notes
+    -----
+    EOT is vectorised by stacking ``c`` copies of the batch in one forward when every stochastic
+    module draws per sample (``granularity="sample"``), and looped one draw per forward otherwise
+    (a ``"batch"`` module shares one draw across the whole forward, so stacked copies would not be
+    independent draws).
+    """
+    fn = resolve_loss(loss)
+    n = resolve_draws(model, eot_samples, DEFAULT_EOT_SAMPLES)
+    xi = x.detach().requires_grad_(True)
+    batch = x.shape[0]
+    obj_sum = grad_sum = logit_sum = None
+    with _generator_scope(model, generator), torch.enable_grad():
+        for c in _copies_per_forward(model, batch, n, max_rows):
+            logits = model(_repeat(xi, c))
+            obj = fn(logits, _repeat(y, c))
+            if targeted:
+                obj = -obj
+            (g,) = torch.autograd.grad(obj.sum(), xi, allow_unused=True)
+            g = torch.zeros_like(xi) if g is None else g
+            o = obj.detach().view(c, batch).sum(0)
+            obj_sum = o if obj_sum is None else obj_sum + o
+            grad_sum = g if grad_sum is None else grad_sum + g
+            if return_logits:
+                lg = logits.detach().view(c, batch, -1).sum(0)
+                logit_sum = lg if logit_sum is None else logit_sum + lg
+    if n > 1:
+        obj_sum, grad_sum = obj_sum / n, grad_sum / n
+        logit_sum = logit_sum / n if return_logits else None
+    if return_logits:
+        return obj_sum, grad_sum, logit_sum
+    return obj_sum, grad_sum
+
+
+@torch.no_grad()
+def objective(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: Union[str, LossFn] = "ce",
+    eot_samples: Optional[int] = 1,
+    generator: Optional[torch.Generator] = None,
+    targeted: bool = False,
+    max_rows: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacker objective and mean logits of :func:`input_gradient`, without the gradient."""
+    fn = resolve_loss(loss)
+    n = resolve_draws(model, eot_samples, DEFAULT_EOT_SAMPLES)
+    batch = x.shape[0]
+    obj_sum = logit_sum = None
+    with _generator_scope(model, generator):
+        for c in _copies_per_forward(model, batch, n, max_rows):
+            logits = model(_repeat(x, c))
+            obj = fn(logits, _repeat(y, c))
+            obj = -obj if targeted else obj
+            o, lg = obj.view(c, batch).sum(0), logits.view(c, batch, -1).sum(0)
+            obj_sum = o if obj_sum is None else obj_sum + o
+            logit_sum = lg if logit_sum is None else logit_sum + lg
+    return obj_sum / n, logit_sum / n
+
+
+# ---------------------------------------------------------------------------- predictions
+@torch.no_grad()
+def draw_probs(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    mc_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    batch_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Softmax probabilities of each draw, shape ``[n, B, C]`` (``n = 1`` for deterministic models).
+
+    ``batch_size`` bounds the rows per forward (inputs times stacked copies).
+    """
+    n = resolve_draws(model, mc_samples, DEFAULT_MC_SAMPLES)
+    batch = x.shape[0]
+    rows = batch_size if batch_size is not None else None
+    chunks = [x] if rows is None or rows >= batch else list(x.split(int(rows)))
+    out = []
+    with _generator_scope(model, generator):
+        for c in _copies_per_forward(model, min(batch, rows or batch), n, rows):
+            parts = [
+                F.softmax(model(_repeat(xc, c)).float(), dim=1).view(c, xc.shape[0], -1)
+                for xc in chunks
+            ]
+            out.append(torch.cat(parts, dim=1))
+    return torch.cat(out, dim=0)
+
+
+def mc_predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    mc_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    batch_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Mean softmax probabilities ``[B, C]`` over ``mc_samples`` draws of the model's randomness.
+
+    ``mc_samples=None`` means 1 for deterministic models and :data:`DEFAULT_MC_SAMPLES` for
+    stochastic ones. Runs under ``no_grad``; the model's mode is not changed.
+    """
+    return draw_probs(model, x, mc_samples=mc_samples, generator=generator, batch_size=batch_size).mean(0)
+
+
+def reached_goal(pred: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Misclassified (untargeted) or classified as the target (targeted)."""
+    return pred == y if targeted else pred != y
+
+
+def judge(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    mc_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    batch_size: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(success, fooled_any, pred)`` of ``x_adv`` under MC-averaged predictions.
+
+    ``success``: the averaged prediction reaches the goal; ``fooled_any``: at least one draw does.
+    """
+    probs = draw_probs(model, x_adv, mc_samples=mc_samples, generator=generator, batch_size=batch_size)
+    pred = probs.mean(0).argmax(dim=1)
+    success = reached_goal(pred, y, threat.targeted)
+    fooled_any = reached_goal(probs.argmax(dim=2), y.unsqueeze(0), threat.targeted).any(dim=0)
+    return success, fooled_any | success, pred
+
+
+def finish(
+    attack: str,
+    params: dict,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    mc_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    project: bool = True,
+    extra: Optional[dict] = None,
+) -> AttackResult:
+    """Project ``x_adv`` into the threat model (if ``project``), judge it and build the result.
+
+    Without projection (minimal-perturbation attacks) ``success`` additionally requires the
+    perturbation to fit the budget.
+    """
+    x_adv = (threat.project(x_adv, x) if project else x_adv).detach()
+    success, fooled_any, pred = judge(model, x_adv, y, threat, mc_samples, generator)
+    norm = threat.norm_of(x_adv - x)
+    if not project:
+        fits = norm <= threat.eps * (1 + 1e-6) + 1e-12
+        success, fooled_any = success & fits, fooled_any & fits
+    return AttackResult(x_adv, success, fooled_any, pred, norm, attack, dict(params), dict(extra or {}))
+
+
+# ---------------------------------------------------------------------------- randomness
+class SampleNoise:
+    """Per-sample random streams, so random starts do not depend on how the data is batched.
+
+    One seed per sample is drawn *in order* from ``generator`` (or the global RNG when ``None``);
+    each sample then has its own ``torch.Generator`` on the inputs' device. The caller's generator
+    advances by exactly ``n`` draws, so attacking ``x[:k]`` then ``x[k:]`` with one generator gives
+    the same noise as attacking ``x`` at once.
+    """
+
+    def __init__(self, n: int, generator: Optional[torch.Generator], device: torch.device):
+        self.device = torch.device(device)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        if gdev.type == "cpu":
+            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        else:  # one draw per call: CUDA generators are not prefix-consistent across sizes
+            seeds = torch.cat(
+                [torch.randint(0, 2**62, (1,), generator=generator, device=gdev) for _ in range(n)]
+            ).tolist() if n else []
+        self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
+    def _rows(self, index) -> list[torch.Generator]:
+        if index is None:
+            return self.generators
+        return [self.generators[int(i)] for i in index]
+
+    def _draw(self, like: torch.Tensor, shape, index, fn) -> torch.Tensor:
+        gens = self._rows(index)
+        if len(gens) != like.shape[0]:
+            raise ValueError(f"{len(gens)} sample streams for a batch of {like.shape[0]}")
+        if not gens:
+            return like.new_empty((0, *shape))
+        return torch.stack([fn(shape, generator=g, device=like.device, dtype=like.dtype) for g in gens])
+
+    def rand(self, like: torch.Tensor, index=None) -> torch.Tensor:
+        """Uniform [0, 1) noise shaped like ``like`` (one row per sample)."""
+        return self._draw(like, like.shape[1:], index, torch.rand)
+
+    def randn(self, like: torch.Tensor, index=None) -> torch.Tensor:
+        """Standard normal noise shaped like ``like``."""
+        return self._draw(like, like.shape[1:], index, torch.randn)
+
+    def rand_per_sample(self, like: torch.Tensor, index=None) -> torch.Tensor:
+        """One uniform [0, 1) number per sample, shape [B]."""
+        return self._draw(like, (), index, torch.rand)
+
+
+# ---------------------------------------------------------------------------- checks
+def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
+    """Refuse inputs, labels or devices an attack would silently get wrong."""
+    threat.check_inputs(x)
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise UserInputError(
+            f"labels must be a 1-D tensor with one entry per input ({x.shape[0]}), got "
+            f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
+        )
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise UserInputError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if y.device != x.device:
+        raise UserInputError(f"labels are on {y.device} but inputs on {x.device}; move them with y.to(x.device)")
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.device != x.device:
+        raise UserInputError(
+            f"the model is on {p.device} but the inputs are on {x.device}; move one of them "
+            f"(model.to(x.device) or x.to({str(p.device)!r}))"
+        )
+
+
+@contextlib.contextmanager
+def no_side_effects(model: nn.Module) -> Iterator[None]:
+    """Debug guard: raise if the block changed the model's mode or any parameter's ``.grad``."""
+    modes = [m.training for m in model.modules()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    yield
+    if modes != [m.training for m in model.modules()]:
+        raise RuntimeError("an attack changed the model's train/eval mode")
+    for p, g in zip(model.parameters(), grads):
+        if (g is None) != (p.grad is None) or (g is not None and not torch.equal(g, p.grad)):
+            raise RuntimeError("an attack changed a parameter's .grad")
+
+
+def as_long(y: torch.Tensor) -> torch.Tensor:
+    return y if y.dtype == torch.int64 else y.long()
+
+
+__all__ = [
+    "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "LOSSES", "SampleNoise",
+    "ce_loss", "check_attack_inputs", "cw_loss", "dlr_loss", "dlr_targeted_loss", "draw_probs",
+    "finish", "input_gradient", "judge", "mc_predict", "no_side_effects", "objective",
+    "reached_goal", "resolve_draws", "resolve_loss", "samples_vectorizable",
+]

@@ -1,0 +1,160 @@
+"""Attack registry and the one entry point that runs any attack by name.
+
+Attacks are plain functions ``attack(model, x, y, threat, *, ...) -> AttackResult`` living in
+``attacks/<name>.py`` and registered with::
+
+    @register_attack("pgd", kind="white-box")
+    def pgd(model, x, y, threat, *, steps=10, ...): ...
+
+``kind`` is one of :data:`KINDS`. :func:`run_attack` validates the inputs against the threat model,
+checks the parameters against the function's signature (unknown names are refused with the list
+of accepted ones), fills in EOT / MC defaults for stochastic models, optionally splits the data
+into batches, and times the call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from robustcompress.attacks.base import (
+    DEFAULT_EOT_SAMPLES,
+    AttackResult,
+    check_attack_inputs,
+    resolve_draws,
+)
+from robustcompress.attacks.threat import ThreatModel
+from robustcompress.errors import UserInputError
+
+KINDS = ("white-box", "black-box", "minimal", "noise", "transfer")
+_COMMON = ("model", "x", "y", "threat")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack: its name, kind, function and one-line description."""
+
+    name: str
+    kind: str
+    fn: Callable[..., AttackResult]
+    doc: str
+
+    def __call__(self, *args, **kwargs) -> AttackResult:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """Keyword parameters and their defaults (``inspect.Parameter.empty`` if required)."""
+        sig = inspect.signature(self.fn)
+        return {k: p.default for k, p in sig.parameters.items() if k not in _COMMON}
+
+    def accepts(self, name: str) -> bool:
+        return name in self.parameters
+
+
+_ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(name: str, kind: str = "white-box"):
+    """Decorator: register ``fn(model, x, y, threat, **params) -> AttackResult`` under ``name``."""
+    if kind not in KINDS:
+        raise ValueError(f"attack kind must be one of {KINDS}, got {kind!r}")
+
+    def deco(fn):
+        if name in _ATTACKS:
+            raise RuntimeError(f"attack {name!r} registered twice")
+        doc = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        _ATTACKS[name] = AttackSpec(name, kind, fn, doc)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    import robustcompress.attacks  # noqa: F401  (importing the package registers every attack)
+
+
+def get_attack(name: str) -> AttackSpec:
+    """The registered attack ``name`` (callable like the function itself)."""
+    _ensure_loaded()
+    key = name.strip().lower()
+    if key not in _ATTACKS:
+        raise UserInputError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(_ATTACKS))}")
+    return _ATTACKS[key]
+
+
+def list_attacks() -> dict[str, AttackSpec]:
+    """Every registered attack by name (sorted)."""
+    _ensure_loaded()
+    return dict(sorted(_ATTACKS.items()))
+
+
+def run_attack(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    generator: Optional[torch.Generator] = None,
+    eot_samples: Optional[int] = None,
+    mc_samples: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    **params,
+) -> AttackResult:
+    """Run attack ``name`` on ``(x, y)`` under ``threat`` and return its :class:`AttackResult`.
+
+    Parameters
+    ----------
+    generator : all randomness of the attack and of the model's stochastic modules comes from it
+        (the global RNG is left alone when it is given).
+    eot_samples : draws per gradient for stochastic models. ``None``: 1 for deterministic models
+        and :data:`~robustcompress.attacks.base.DEFAULT_EOT_SAMPLES` for stochastic ones (honest
+        by default; pass 1 explicitly for the papers' plain protocol).
+    mc_samples : draws averaged for the final verdict (``None``: the default of
+        :func:`~robustcompress.attacks.base.mc_predict`).
+    batch_size : split the inputs into batches of this size (results are concatenated in order;
+        with a generator, random starts are the same as without splitting).
+    params : the attack's own keyword parameters (see ``get_attack(name).parameters``).
+    """
+    spec = get_attack(name)
+    if not isinstance(threat, ThreatModel):
+        raise UserInputError("threat must be a ThreatModel; build one with ThreatModel.from_spec(...)")
+    check_attack_inputs(model, x, y, threat)
+    accepted = spec.parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise UserInputError(
+            f"attack {spec.name!r} has no parameter(s) {', '.join(unknown)}; it accepts: "
+            f"{', '.join(sorted(accepted)) or 'none'}"
+        )
+    kwargs = dict(params)
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    if "eot_samples" in accepted:
+        kwargs["eot_samples"] = resolve_draws(model, eot_samples, DEFAULT_EOT_SAMPLES)
+    elif eot_samples not in (None, 1):
+        raise UserInputError(
+            f"attack {spec.name!r} takes no gradients, so eot_samples does not apply; leave it unset"
+        )
+    if "mc_samples" in accepted:
+        kwargs["mc_samples"] = mc_samples
+    elif mc_samples is not None:
+        raise UserInputError(f"attack {spec.name!r} does not take mc_samples")
+    if batch_size is not None and batch_size < 1:
+        raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+    y = y.long()
+    start = time.perf_counter()
+    if batch_size is None or batch_size >= x.shape[0]:
+        result = spec.fn(model, x, y, threat, **kwargs)
+    else:
+        result = AttackResult.concat(
+            [spec.fn(model, xb, yb, threat, **kwargs) for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+        )
+    result.time_s = time.perf_counter() - start
+    return result
