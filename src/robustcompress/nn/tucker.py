@@ -1,0 +1,557 @@
+"""Tucker-factorized convolution and linear layers (functional core + thin modules).
+
+A weight ``W`` of shape ``(O, I, k_1, ..., k_d)`` (conv) or ``(O, I)`` (linear) is stored as a core
+``G`` of shape ``(R_O, R_I, r_1, ..., r_d)`` and one factor matrix per mode, ``U_n`` of shape
+``(dim_n, R_n)``::
+
+    W = G x_0 U_O x_1 U_I x_2 U_1 ... x_{d+1} U_d                 (Kolda & Bader 2009)
+
+This is the latent parametrisation of Defensive Tensorization (Bulat et al., BMVC 2021, Sec. 3).
+
+Execution
+---------
+``"factorized"`` (default) runs the Tucker-2 form used by tensorly-torch's ``tucker_conv`` and by
+Kim et al. (ICLR 2016): a 1x1 conv ``I -> R_I`` with ``U_I``, the core conv ``R_O x R_I x k...``
+with the spatial factors folded into the core, and a 1x1 conv ``R_O -> O`` with ``U_O`` plus the
+bias. It costs ``HW*I*R_I + H'W'*R_O*R_I*k^d + H'W'*O*R_O`` MACs instead of ``H'W'*O*I*k^d``, so
+low channel ranks save real compute; spatial ranks save parameters only (they are folded before the
+conv). ``"reconstructed"`` rebuilds the dense kernel on every forward and runs one conv: it is never
+faster than the dense layer (it saves storage only), but it is what the binary (XNOR) variant
+needs, since ``sign`` acts on the reconstructed weight.
+
+Ranks
+-----
+Per mode, an ``int`` (absolute) or a ``float`` in (0, 1] (a fraction *of that mode's dimension*,
+rounded, at least 1), or ``None`` (full). This deliberately differs from tensorly-torch, whose float
+rank is a fraction of the *parameter count* and silently shrinks the 3x3 spatial modes. Spatial
+modes are kept full unless a rank is given for them explicitly. Every rank is clamped to a valid
+Tucker rank, ``R_n <= min(dim_n, prod_{m != n} R_m)`` (tensorly-torch 0.5 builds a core of the
+wrong shape for ``rank > dim`` and returns outputs off by an order of magnitude; we clamp).
+
+Initialisation from a pretrained weight: truncated HOSVD (SVD of each mode unfolding, De Lathauwer
+et al. 2000) or HOOI (alternating refinement of the HOSVD, a few sweeps), both with
+``torch.linalg.svd``; tensorly is not required.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcompress.errors import UserInputError
+from robustcompress.nn.sketch import check_sketch_args, sample_core_masks, sketch_tucker
+from robustcompress.nn.xnor import input_norm, xnor_conv, xnor_linear
+
+RankSpec = Union[int, float, None, Sequence[Union[int, float, None]]]
+
+_CONV = {1: F.conv1d, 2: F.conv2d}
+
+
+# ----------------------------------------------------------------------------- tensor algebra
+
+def mode_dot(tensor: torch.Tensor, matrix: torch.Tensor, mode: int) -> torch.Tensor:
+    """n-mode product ``tensor x_mode matrix``: contracts ``tensor``'s dim ``mode`` with
+    ``matrix``'s columns, so dim ``mode`` becomes ``matrix.shape[0]``."""
+    out = torch.tensordot(matrix, tensor, dims=([1], [mode]))
+    return torch.movedim(out, 0, mode)
+
+
+def unfold(tensor: torch.Tensor, mode: int) -> torch.Tensor:
+    """Mode-``mode`` unfolding: a ``(dim_mode, prod(other dims))`` matrix."""
+    return torch.movedim(tensor, mode, 0).reshape(tensor.shape[mode], -1)
+
+
+def tucker_to_tensor(core: torch.Tensor, factors: Sequence[torch.Tensor], *,
+                     batch_dims: int = 0) -> torch.Tensor:
+    """Reconstruct ``W = core x_0 U_0 x_1 U_1 ...`` (one factor per mode of ``core``).
+
+    ``batch_dims`` leading dims of ``core`` are batch dims (per-sample cores, shared factors).
+    """
+    if len(factors) != core.dim() - batch_dims:
+        raise UserInputError(
+            f"a Tucker core of order {core.dim() - batch_dims} needs that many factors, "
+            f"got {len(factors)}")
+    out = core
+    for mode, u in enumerate(factors):
+        out = mode_dot(out, u, mode + batch_dims)
+    return out
+
+
+# ----------------------------------------------------------------------------- ranks
+
+def _mode_rank(r: Union[int, float, None], dim: int, mode: int) -> int:
+    if r is None:
+        return dim
+    if isinstance(r, bool):
+        raise UserInputError(f"rank for mode {mode} must be an int, a fraction or None, got {r!r}")
+    if isinstance(r, float):
+        if not 0.0 < r <= 1.0:
+            raise UserInputError(
+                f"fractional rank {r} for mode {mode} must lie in (0, 1]; give an int for an "
+                "absolute rank"
+            )
+        return max(1, int(round(r * dim)))
+    if isinstance(r, int):
+        if r < 1:
+            raise UserInputError(f"rank {r} for mode {mode} must be >= 1")
+        return r
+    raise UserInputError(f"rank for mode {mode} must be an int, a fraction or None, got {r!r}")
+
+
+def clamp_ranks(ranks: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """Clamp Tucker ranks to valid sizes: ``R_n <= dim_n`` and ``R_n <= prod_{m != n} R_m``.
+
+    A mode-n rank above the product of the other ranks cannot be reached (the mode-n unfolding of
+    the core has only that many columns), so it is lowered; repeated until nothing changes.
+    """
+    r = [min(int(a), int(d)) for a, d in zip(ranks, shape)]
+    changed = True
+    while changed:
+        changed = False
+        for n in range(len(r)):
+            other = math.prod(r[:n] + r[n + 1:])
+            if r[n] > other:
+                r[n] = other
+                changed = True
+    return tuple(r)
+
+
+def resolve_ranks(rank: RankSpec, shape: Sequence[int], *, fixed_modes: Sequence[int] = ()
+                  ) -> tuple[int, ...]:
+    """Turn a rank spec into clamped per-mode integer ranks for a weight of ``shape``.
+
+    Parameters
+    ----------
+    rank : one int/float/None applied to every mode not in ``fixed_modes`` (those stay full), or
+        one entry per mode (then ``fixed_modes`` is ignored: an explicit rank is obeyed).
+    shape : the dense weight shape, ``(O, I, k...)`` or ``(O, I)``.
+    fixed_modes : modes kept at full rank when ``rank`` is a scalar (default for convs: the
+        spatial modes ``2, 3, ...``).
+    """
+    shape = tuple(int(s) for s in shape)
+    if isinstance(rank, (list, tuple)):
+        if len(rank) != len(shape):
+            raise UserInputError(
+                f"rank {tuple(rank)} has {len(rank)} entries but the weight {shape} has "
+                f"{len(shape)} modes; give one rank per mode or a single number"
+            )
+        per_mode = list(rank)
+    else:
+        per_mode = [None if n in fixed_modes else rank for n in range(len(shape))]
+    return clamp_ranks([_mode_rank(r, d, n) for n, (r, d) in enumerate(zip(per_mode, shape))], shape)
+
+
+# ----------------------------------------------------------------------------- decompositions
+
+def _leading_left_singular(mat: torch.Tensor, r: int) -> torch.Tensor:
+    u, _, _ = torch.linalg.svd(mat, full_matrices=False)
+    return u[:, :r]
+
+
+def hosvd(weight: torch.Tensor, ranks: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Truncated higher-order SVD (De Lathauwer, De Moor & Vandewalle 2000).
+
+    ``U_n`` = leading ``R_n`` left singular vectors of the mode-n unfolding; core =
+    ``W x_n U_n^T`` for all n. Exact when every rank is full. Computed in float64 for accuracy and
+    returned in ``weight``'s dtype.
+    """
+    w = weight.detach().to(torch.float64)
+    factors = [_leading_left_singular(unfold(w, n), r) for n, r in enumerate(ranks)]
+    core = w
+    for n, u in enumerate(factors):
+        core = mode_dot(core, u.T, n)
+    return core.to(weight.dtype), [u.to(weight.dtype) for u in factors]
+
+
+def hooi(weight: torch.Tensor, ranks: Sequence[int], *, n_iter: int = 5, tol: float = 1e-6
+         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Higher-order orthogonal iteration (De Lathauwer et al. 2000), started from the HOSVD.
+
+    Each sweep re-fits ``U_n`` to the leading singular vectors of the mode-n unfolding of
+    ``W x_{m != n} U_m^T``. Stops after ``n_iter`` sweeps or when the relative change of the
+    core norm (the captured energy) is below ``tol``. tensorly's ``tucker`` (used by
+    tensorly-torch) runs the same algorithm with up to 100 sweeps.
+    """
+    w = weight.detach().to(torch.float64)
+    _, factors = hosvd(w, ranks)
+    last = None
+    for _ in range(n_iter):
+        for n in range(w.dim()):
+            y = w
+            for m, u in enumerate(factors):
+                if m != n:
+                    y = mode_dot(y, u.T, m)
+            factors[n] = _leading_left_singular(unfold(y, n), ranks[n])
+        core = w
+        for m, u in enumerate(factors):
+            core = mode_dot(core, u.T, m)
+        norm = float(core.norm())
+        if last is not None and abs(norm - last) <= tol * max(last, 1e-30):
+            break
+        last = norm
+    core = w
+    for m, u in enumerate(factors):
+        core = mode_dot(core, u.T, m)
+    return core.to(weight.dtype), [u.to(weight.dtype) for u in factors]
+
+
+def random_tucker(shape: Sequence[int], ranks: Sequence[int], *, std: float,
+                  generator: Optional[torch.Generator] = None, dtype=torch.float32
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Random Tucker weights whose reconstruction has entries of standard deviation ~``std``.
+
+    Factors have orthonormal columns (QR of a Gaussian), so ``Var(W) ~= Var(G) prod(R)/prod(dim)``
+    and the core is drawn with ``std * sqrt(prod(dim)/prod(R))``.
+    """
+    factors = []
+    for d, r in zip(shape, ranks):
+        q, _ = torch.linalg.qr(torch.randn(d, r, generator=generator, dtype=torch.float64))
+        factors.append(q.to(dtype))
+    scale = std * math.sqrt(math.prod(shape) / math.prod(ranks))
+    core = torch.randn(tuple(ranks), generator=generator, dtype=torch.float64).to(dtype) * scale
+    return core, factors
+
+
+# ----------------------------------------------------------------------------- functional core
+
+def fold_spatial(core: torch.Tensor, factors: Sequence[torch.Tensor], *, batch_dims: int = 0
+                 ) -> torch.Tensor:
+    """Fold the spatial factors (modes 2..) into the core: ``(R_O, R_I, k_1, ..., k_d)``."""
+    out = core
+    for mode in range(2, core.dim() - batch_dims):
+        out = mode_dot(out, factors[mode], mode + batch_dims)
+    return out
+
+
+def batched_conv(x: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,
+                 ndim: int = 2) -> torch.Tensor:
+    """Per-sample kernels: ``out[b] = conv(x[b], weight[b])`` as one grouped conv (groups=B).
+
+    ``x`` is ``(B, C, ...)``, ``weight`` is ``(B, O, C, k...)``.
+    """
+    b, c = x.shape[:2]
+    o = weight.shape[1]
+    out = _CONV[ndim](x.reshape(1, b * c, *x.shape[2:]), weight.reshape(b * o, *weight.shape[2:]),
+                      None, stride, _pad_arg(padding, ndim), dilation, b)
+    return out.reshape(b, o, *out.shape[2:])
+
+
+def _pad_arg(padding, ndim: int):
+    return padding if isinstance(padding, str) else tuple(padding) if isinstance(
+        padding, (list, tuple)) else (padding,) * ndim
+
+
+def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Tensor],
+                bias: Optional[torch.Tensor] = None, *, stride=1, padding=0, dilation=1,
+                ndim: int = 2, execution: str = "factorized") -> torch.Tensor:
+    """Convolution with a Tucker-factorized kernel (1-D or 2-D; ``groups=1``).
+
+    Parameters
+    ----------
+    x : ``(B, I, L)`` or ``(B, I, H, W)``.
+    core : ``(R_O, R_I, r_1, ..., r_ndim)``.
+    factors : ``[U_O (O, R_O), U_I (I, R_I), U_1 (k_1, r_1), ...]``.
+    bias : ``(O,)`` or None.
+    stride, padding, dilation : as in :func:`torch.nn.functional.conv2d`; applied by the core
+        conv (the 1x1 convs commute with zero padding: a pointwise linear map sends 0 to 0).
+    execution : ``"factorized"`` (1x1 -> core conv -> 1x1, real MAC savings) or
+        ``"reconstructed"`` (one dense conv with ``tucker_to_tensor``).
+
+    Returns
+    -------
+    ``(B, O, ...)``, equal (up to float rounding) to the dense conv with the reconstructed kernel.
+    """
+    if ndim not in _CONV:
+        raise UserInputError(f"tucker_conv supports ndim 1 or 2, got {ndim}")
+    conv = _CONV[ndim]
+    padding = _pad_arg(padding, ndim)
+    if execution == "reconstructed":
+        return conv(x, tucker_to_tensor(core, factors), bias, stride, padding, dilation)
+    if execution != "factorized":
+        raise UserInputError(
+            f"unknown execution {execution!r}; choose 'factorized' or 'reconstructed'")
+    u_out, u_in = factors[0], factors[1]
+    ones = (1,) * ndim
+    h = conv(x, u_in.T.reshape(u_in.shape[1], u_in.shape[0], *ones))
+    h = conv(h, fold_spatial(core, factors), None, stride, padding, dilation)
+    return conv(h, u_out.reshape(u_out.shape[0], u_out.shape[1], *ones), bias)
+
+
+def tucker_linear(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Tensor],
+                  bias: Optional[torch.Tensor] = None, *, execution: str = "factorized"
+                  ) -> torch.Tensor:
+    """``x W^T + b`` with ``W = U_O G U_I^T`` (``core (R_O, R_I)``); ``x`` is ``(..., I)``.
+
+    Factorized: three thin matmuls, ``I*R_I + R_I*R_O + R_O*O`` MACs per row instead of ``I*O``.
+    """
+    if execution == "reconstructed":
+        return F.linear(x, tucker_to_tensor(core, factors), bias)
+    if execution != "factorized":
+        raise UserInputError(
+            f"unknown execution {execution!r}; choose 'factorized' or 'reconstructed'")
+    u_out, u_in = factors
+    return F.linear(F.linear(F.linear(x, u_in.T), core), u_out, bias)
+
+
+def tucker_conv_per_sample(x: torch.Tensor, cores: torch.Tensor,
+                           factors: Sequence[torch.Tensor], bias: Optional[torch.Tensor] = None,
+                           *, stride=1, padding=0, dilation=1, ndim: int = 2) -> torch.Tensor:
+    """:func:`tucker_conv` with one core per sample (``cores`` is ``(B, R_O, R_I, r...)``).
+
+    Factorized: the two 1x1 convs are shared, the core conv is a grouped conv with one group per
+    sample (:func:`batched_conv`). Used by the ``"sample"`` sketch granularity.
+    """
+    u_out, u_in = factors[0], factors[1]
+    conv = _CONV[ndim]
+    ones = (1,) * ndim
+    h = conv(x, u_in.T.reshape(u_in.shape[1], u_in.shape[0], *ones))
+    h = batched_conv(h, fold_spatial(cores, factors, batch_dims=1), stride=stride,
+                     padding=padding, dilation=dilation, ndim=ndim)
+    return conv(h, u_out.reshape(u_out.shape[0], u_out.shape[1], *ones), bias)
+
+
+def tucker_linear_per_sample(x: torch.Tensor, cores: torch.Tensor,
+                             factors: Sequence[torch.Tensor], bias: Optional[torch.Tensor] = None
+                             ) -> torch.Tensor:
+    """:func:`tucker_linear` with one core ``(R_O, R_I)`` per sample; ``x`` is ``(B, ..., I)``."""
+    u_out, u_in = factors
+    h = torch.einsum("boi,b...i->b...o", cores, F.linear(x, u_in.T))
+    return F.linear(h, u_out, bias)
+
+
+def tucker_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
+    """Number of stored parameters of a Tucker weight (core + factors, no bias)."""
+    return math.prod(ranks) + sum(d * r for d, r in zip(shape, ranks))
+
+
+# ----------------------------------------------------------------------------- modules
+
+class _TuckerBase(nn.Module):
+    """Shared state of the Tucker modules: core, factors, bias and the rank sketch settings.
+
+    Randomness protocol (:mod:`robustcompress.nn.protocol`): ``stochastic`` is True iff the
+    sketch is enabled and ``theta < 1``; setting ``stochastic = False`` (as
+    :func:`~robustcompress.nn.protocol.freeze_noise` does) disables the sketch, giving the
+    deterministic theta=1 model; ``generator`` and ``granularity`` are read at every forward.
+    ``non_differentiable`` / ``surrogate`` are set when ``binary`` (XNOR) is on.
+    """
+
+    ndim: int = 0
+
+    def __init__(self, shape: Sequence[int], ranks: Sequence[int], *, bias: bool,
+                 theta: float = 1.0, sketch_modes: Optional[Sequence[int]] = None,
+                 rescale: str = "unbiased", granularity: str = "batch",
+                 execution: str = "factorized", binary: bool = False,
+                 generator: Optional[torch.Generator] = None,
+                 init_std: float = 0.02, init_generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.weight_shape = tuple(int(s) for s in shape)
+        self.ranks = clamp_ranks(ranks, self.weight_shape)
+        core, factors = random_tucker(self.weight_shape, self.ranks, std=init_std,
+                                      generator=init_generator)
+        self.core = nn.Parameter(core)
+        self.factors = nn.ParameterList([nn.Parameter(u) for u in factors])
+        self.bias = nn.Parameter(torch.zeros(self.weight_shape[0])) if bias else None
+        self.sketch_modes = tuple(sketch_modes if sketch_modes is not None else (0, 1))
+        check_sketch_args(theta, self.sketch_modes, len(self.weight_shape), rescale, granularity)
+        if execution not in ("factorized", "reconstructed"):
+            raise UserInputError(
+                f"unknown execution {execution!r}; choose 'factorized' or 'reconstructed'")
+        self.theta = float(theta)
+        self.rescale = rescale
+        self.granularity = granularity
+        self.execution = execution
+        self.generator = generator
+        self.sketch_enabled = True
+        self.binary = bool(binary)
+        self.surrogate = "clipped"
+        # XNOR-Net's BatchNorm before sign (see robustcompress.nn.xnor); binary layers only.
+        self.input_norm = input_norm(self.weight_shape[1], self.ndim) if self.binary else None
+
+    # -- protocol ---------------------------------------------------------------------------
+    @property
+    def stochastic(self) -> bool:
+        return self.sketch_enabled and self.theta < 1.0
+
+    @stochastic.setter
+    def stochastic(self, value: bool) -> None:
+        self.sketch_enabled = bool(value)
+
+    @property
+    def non_differentiable(self) -> bool:
+        return self.binary
+
+    # -- weights ----------------------------------------------------------------------------
+    def set_tucker(self, core: torch.Tensor, factors: Sequence[torch.Tensor]) -> None:
+        """Overwrite core and factors (shapes must match the module's ranks)."""
+        with torch.no_grad():
+            self.core.copy_(core)
+            for p, u in zip(self.factors, factors):
+                p.copy_(u)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The unsketched reconstructed weight ``G x_n U_n``."""
+        return tucker_to_tensor(self.core, list(self.factors))
+
+    def sketched_weight(self) -> torch.Tensor:
+        """One random draw of the reconstructed sketched weight ``W~`` (eq. 4)."""
+        core, factors = sketch_tucker(self.core, list(self.factors), self.theta,
+                                      self.sketch_modes, rescale=self.rescale,
+                                      generator=self.generator)
+        return tucker_to_tensor(core, factors)
+
+    def export_tensors(self) -> dict[str, torch.Tensor]:
+        """Compact storage: core and factors (the dense kernel is never stored)."""
+        out = {"core": self.core.detach()}
+        out.update({f"factor_{n}": u.detach() for n, u in enumerate(self.factors)})
+        if self.bias is not None:
+            out["bias"] = self.bias.detach()
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"shape={self.weight_shape}, ranks={self.ranks}, theta={self.theta}, "
+                f"sketch_modes={self.sketch_modes}, rescale={self.rescale!r}, "
+                f"granularity={self.granularity!r}, execution={self.execution!r}, "
+                f"binary={self.binary}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = (self.input_norm(x) if x.dim() == 2 or self.ndim > 0 else
+                 self.input_norm(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+        factors = list(self.factors)
+        if not self.stochastic:
+            return self._run(x, self.core, factors)
+        if self.granularity == "batch":
+            core, factors = sketch_tucker(self.core, factors, self.theta, self.sketch_modes,
+                                          rescale=self.rescale, generator=self.generator)
+            return self._run(x, core, factors)
+        cores = self.core * sample_core_masks(self.core, self.theta, self.sketch_modes,
+                                              x.shape[0], rescale=self.rescale,
+                                              generator=self.generator)
+        return self._run_per_sample(x, cores, factors)
+
+    def _run(self, x, core, factors):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _run_per_sample(self, x, cores, factors):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class _TuckerConvNd(_TuckerBase):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: RankSpec = 1.0, *,
+                 stride=1, padding=0, dilation=1, bias: bool = True, **kw):
+        ks = (kernel_size,) * self.ndim if isinstance(kernel_size, int) else tuple(kernel_size)
+        shape = (out_channels, in_channels, *ks)
+        ranks = resolve_ranks(rank, shape, fixed_modes=tuple(range(2, 2 + self.ndim)))
+        fan_in = in_channels * math.prod(ks)
+        kw.setdefault("init_std", 1.0 / math.sqrt(3 * fan_in))  # nn.Conv's kaiming_uniform(a=5)
+        super().__init__(shape, ranks, bias=bias, **kw)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+
+    def _conv_kw(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    ndim=self.ndim)
+
+    def _run(self, x, core, factors):
+        if self.binary:
+            return xnor_conv(x, tucker_to_tensor(core, factors), self.bias,
+                             surrogate=self.surrogate, **self._conv_kw())
+        return tucker_conv(x, core, factors, self.bias, execution=self.execution,
+                           **self._conv_kw())
+
+    def _run_per_sample(self, x, cores, factors):
+        if self.binary:
+            return xnor_conv(x, tucker_to_tensor(cores, factors, batch_dims=1), self.bias,
+                             surrogate=self.surrogate, per_sample=True, **self._conv_kw())
+        return tucker_conv_per_sample(x, cores, factors, self.bias, **self._conv_kw())
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, rank: RankSpec = 1.0, *, init: str = "hosvd",
+                  n_iter: int = 5, init_generator: Optional[torch.Generator] = None, **kw):
+        """Tucker layer initialised from a pretrained ``nn.Conv{1,2}d`` (``groups=1``).
+
+        ``init``: ``"hosvd"`` (default), ``"hooi"`` (``n_iter`` sweeps from the HOSVD) or
+        ``"random"`` (architecture only, e.g. to rebuild a checkpoint). At full rank the
+        HOSVD/HOOI layer reproduces the conv's output up to float rounding.
+        """
+        if conv.groups != 1:
+            raise UserInputError(
+                f"Tucker conversion needs groups=1, got groups={conv.groups} (depthwise/grouped "
+                "convs are skipped by tensorize)")
+        if getattr(conv, "padding_mode", "zeros") != "zeros":
+            raise UserInputError(
+                f"Tucker conversion supports padding_mode='zeros', got {conv.padding_mode!r}")
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank,
+                    stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                    bias=conv.bias is not None, init_generator=init_generator, **kw)
+        _init_from(layer, conv.weight, init, n_iter)
+        if conv.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(conv.bias)
+        return layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+
+
+class TuckerConv1d(_TuckerConvNd):
+    """1-D conv with a Tucker kernel ``(O, I, k)``; see the module docstring."""
+
+    ndim = 1
+
+
+class TuckerConv2d(_TuckerConvNd):
+    """2-D conv with a Tucker kernel ``(O, I, kh, kw)``; see the module docstring."""
+
+    ndim = 2
+
+
+class TuckerLinear(_TuckerBase):
+    """Linear layer with ``W = U_O G U_I^T`` (a Tucker-2 / low-rank matrix factorisation)."""
+
+    ndim = 0
+
+    def __init__(self, in_features: int, out_features: int, rank: RankSpec = 1.0, *,
+                 bias: bool = True, **kw):
+        shape = (out_features, in_features)
+        kw.setdefault("init_std", 1.0 / math.sqrt(3 * in_features))
+        super().__init__(shape, resolve_ranks(rank, shape), bias=bias, **kw)
+        self.in_features, self.out_features = in_features, out_features
+
+    def _run(self, x, core, factors):
+        if self.binary:
+            return xnor_linear(x, tucker_to_tensor(core, factors), self.bias,
+                               surrogate=self.surrogate)
+        return tucker_linear(x, core, factors, self.bias, execution=self.execution)
+
+    def _run_per_sample(self, x, cores, factors):
+        if self.binary:
+            return xnor_linear(x, tucker_to_tensor(cores, factors, batch_dims=1), self.bias,
+                               surrogate=self.surrogate, per_sample=True)
+        return tucker_linear_per_sample(x, cores, factors, self.bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: RankSpec = 1.0, *, init: str = "hosvd",
+                    n_iter: int = 5, init_generator: Optional[torch.Generator] = None, **kw):
+        """Tucker layer initialised from a pretrained ``nn.Linear`` (see ``from_conv``)."""
+        layer = cls(linear.in_features, linear.out_features, rank,
+                    bias=linear.bias is not None, init_generator=init_generator, **kw)
+        _init_from(layer, linear.weight, init, n_iter)
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias)
+        return layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
+
+
+def _init_from(layer: _TuckerBase, weight: torch.Tensor, init: str, n_iter: int) -> None:
+    if init == "random":
+        return
+    if init == "hosvd":
+        core, factors = hosvd(weight, layer.ranks)
+    elif init == "hooi":
+        core, factors = hooi(weight, layer.ranks, n_iter=n_iter)
+    else:
+        raise UserInputError(f"unknown Tucker init {init!r}; choose 'hosvd', 'hooi' or 'random'")
+    layer.set_tucker(core, factors)
