@@ -1,0 +1,59 @@
+"""Training settings (validated; unknown keys are rejected) and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run, so that a seed reproduces it exactly.
+
+    Defaults (Adam, lr 1e-3, batch 128, no schedule) train LeNet-5 to >= 98.5% on MNIST in
+    2 epochs and to >= 95% on the 8x8 digits; the papers' recipes are set explicitly in configs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "step", "multistep", "cosine"] = "none"
+    step_size: int = Field(30, ge=1, description="epochs between decays for schedule='step'")
+    milestones: list[int] = Field(default_factory=list, description="epochs for 'multistep'")
+    gamma: float = Field(0.1, gt=0)
+    hflip: Union[bool, Literal["auto"]] = "auto"
+    seed: int = 0
+    eval_batch_size: int = Field(512, ge=1)
+    max_batches_per_epoch: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule='multistep' needs milestones, e.g. [150, 250]")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        return self
+
+    def flip_enabled(self, dataset_name: str) -> bool:
+        """Random horizontal flips: ``"auto"`` turns them on for CIFAR-10 only."""
+        return dataset_name == "cifar10" if self.hflip == "auto" else bool(self.hflip)
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """Multiplier of the base learning rate during 0-based ``epoch`` (constant within an epoch).
+
+    A pure function of (config, epoch), so resuming needs no scheduler state.
+    """
+    if config.schedule == "step":
+        return config.gamma ** (epoch // config.step_size)
+    if config.schedule == "multistep":
+        return config.gamma ** sum(epoch >= m for m in config.milestones)
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(config.epochs, 1)))
+    return 1.0
