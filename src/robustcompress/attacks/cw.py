@@ -1,0 +1,212 @@
+"""Carlini & Wagner L2 attack (Carlini & Wagner, IEEE S&P 2017), batched, per-sample search.
+
+Minimises ``||x' - x||_2^2 + c * f(x')`` with ``x' = mid + half * tanh(w)`` (the change of
+variables that keeps ``x'`` inside the declared box ``[lo, hi]``), where for an untargeted
+attack ``f(x') = max(Z_y - max_{j != y} Z_j + kappa, 0)`` on the logits ``Z`` (for a targeted
+one ``max(max_{j != t} Z_j - Z_t + kappa, 0)``). ``w`` is optimised with Adam; the constant
+``c`` is found by a binary search *per sample* (multiply by 10 until the attack succeeds, then
+bisect). The smallest successful adversarial per sample over all steps and all constants is
+kept. It is a minimal-perturbation attack: ``AttackResult.norm`` is the L2 norm found.
+
+Defaults follow the authors' code (``nn_robust_attacks/l2_attack.py``): 9 binary-search steps,
+initial constant 1e-3, learning rate 1e-2, kappa 0, abort-early checks every tenth of the steps.
+Deviations:
+
+* ``steps`` defaults to 1000 instead of 10000 (CPU budget); pass ``steps=10000`` for the
+  original setting;
+* abort-early is decided per sample (a sample whose loss has not fallen by 0.01% since the last
+  check stops being updated), so that results do not depend on the batch size; the original
+  stops the whole batch;
+* the step counter and Adam state restart for every constant, as in the original, and ``w`` is
+  reset to the clean input (the original resets the modifier to zero, i.e. the same point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from robustcompress.attacks.base import AttackResult, judge
+from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.threat import ThreatModel
+from robustcompress.errors import ThreatModelError, UserInputError
+from robustcompress.nn.protocol import use_generator
+
+_BIG = 1e10
+
+
+@dataclass
+class CWOutput:
+    """Raw C&W output: the best adversarial per sample and its L2 norm (inf if none found)."""
+
+    x_adv: torch.Tensor
+    l2: torch.Tensor
+    const: torch.Tensor
+
+
+def to_tanh_space(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``w`` with ``mid + half * tanh(w) = x`` (inputs on the box edge are pulled in by 1e-6)."""
+    mid, half = (hi + lo) / 2.0, (hi - lo) / 2.0
+    return torch.atanh(((x - mid) / half).clamp(-1.0, 1.0) * (1.0 - 1e-6))
+
+
+def from_tanh_space(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    mid, half = (hi + lo) / 2.0, (hi - lo) / 2.0
+    return mid + half * torch.tanh(w)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """``Z_y - max_{j != y} Z_j`` (untargeted) or ``max_{j != t} Z_j - Z_t`` (targeted).
+
+    Positive means "not yet adversarial"; the attack has succeeded with confidence ``kappa``
+    when it is ``< -kappa`` (``<= -kappa`` would accept a tie, which is not a misclassification).
+    """
+    own = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    best_other = other.amax(dim=1)
+    return best_other - own if targeted else own - best_other
+
+
+def cw_l2_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    targeted: bool = False,
+    confidence: float = 0.0,
+    initial_const: float = 1e-3,
+    binary_search_steps: int = 9,
+    steps: int = 1000,
+    lr: float = 1e-2,
+    abort_early: bool = True,
+) -> CWOutput:
+    """Run C&W-L2 on ``(x, y)``; ``y`` are target classes when ``targeted``.
+
+    Returns the smallest successful adversarial per sample (``x`` itself and ``l2 = inf`` where
+    no constant succeeded). Only ``d loss / d w`` is computed; the model is not touched.
+    """
+    lo, hi = bounds
+    x0 = x.detach()
+    batch = x0.shape[0]
+    dev, dt = x0.device, x0.dtype
+    w0 = to_tanh_space(x0, lo, hi)
+    const = torch.full((batch,), float(initial_const), device=dev, dtype=dt)
+    lower = torch.zeros(batch, device=dev, dtype=dt)
+    upper = torch.full((batch,), _BIG, device=dev, dtype=dt)
+    best_l2 = torch.full((batch,), float("inf"), device=dev, dtype=dt)
+    best_adv = x0.clone()
+    with torch.no_grad():  # inputs already adversarial need no perturbation at all
+        already = margin(model(x0), y, targeted) < -confidence
+    best_l2 = torch.where(already, torch.zeros_like(best_l2), best_l2)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    check_every = max(steps // 10, 1)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+
+    for _ in range(binary_search_steps):
+        w = w0.clone()
+        m = torch.zeros_like(w)
+        v = torch.zeros_like(w)
+        running = torch.ones(batch, dtype=torch.bool, device=dev)
+        prev_loss = torch.full((batch,), float("inf"), device=dev, dtype=dt)
+        succeeded = torch.zeros(batch, dtype=torch.bool, device=dev)
+        for step in range(1, steps + 1):
+            w_var = w.detach().requires_grad_(True)
+            with torch.enable_grad():
+                x_new = from_tanh_space(w_var, lo, hi)
+                logits = model(x_new)
+                marg = margin(logits, y, targeted)
+                l2sq = (x_new - x0).flatten(1).pow(2).sum(1)
+                loss = l2sq + const * (marg + confidence).clamp(min=0)
+                grad = torch.autograd.grad(loss.sum(), w_var)[0]
+            with torch.no_grad():
+                hit = marg < -confidence
+                l2 = l2sq.sqrt()
+                better = hit & (l2 < best_l2)
+                best_l2 = torch.where(better, l2, best_l2)
+                best_adv[better] = x_new[better].detach()
+                succeeded |= hit
+                # Adam, per element; frozen samples keep their iterate.
+                m = beta1 * m + (1 - beta1) * grad
+                v = beta2 * v + (1 - beta2) * grad * grad
+                update = lr * (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + adam_eps)
+                w = w - update * running.view(shape).to(dt)
+                if abort_early and step % check_every == 0:
+                    stalled = loss.detach() > prev_loss * 0.9999
+                    running &= ~stalled
+                    prev_loss = loss.detach()
+                    if not running.any():
+                        break
+        with torch.no_grad():
+            upper = torch.where(succeeded, torch.minimum(upper, const), upper)
+            lower = torch.where(succeeded, lower, torch.maximum(lower, const))
+            bisect = (lower + upper) / 2
+            const = torch.where(upper < _BIG, bisect, const * 10)
+    return CWOutput(best_adv, best_l2, const)
+
+
+@register_attack("cw", kind="minimal")
+def cw_l2(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    confidence: float = 0.0,
+    initial_const: float = 1e-3,
+    binary_search_steps: int = 9,
+    steps: int = 1000,
+    lr: float = 1e-2,
+    abort_early: bool = True,
+    mc_samples: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> AttackResult:
+    """C&W-L2 with a per-sample binary search over ``c`` (Carlini & Wagner 2017).
+
+    A minimal-perturbation attack: ``x_adv`` is the smallest adversarial found (it may lie
+    outside the eps-ball). With ``threat.eps > 0`` a sample counts as a success only when that
+    norm is ``<= eps``; ``threat.eps == 0`` means "no budget" (success = any adversarial found).
+    ``extra["min_norm"]`` holds the raw minimal L2 norms (``inf`` where nothing was found) and
+    ``extra["const"]`` the final constants. The threat's norm must be ``"l2"``.
+    Stochastic models are attacked one draw per step (no EOT); the verdict is MC-averaged.
+    """
+    if threat.norm != "l2":
+        raise ThreatModelError("cw minimises the L2 norm; build the threat with norm='l2'")
+    if binary_search_steps < 1 or steps < 1:
+        raise UserInputError("cw needs binary_search_steps >= 1 and steps >= 1")
+    with use_generator(model, generator) if generator is not None else contextlib.nullcontext():
+        out = cw_l2_perturb(
+            model, x, y, bounds=threat.bounds, targeted=threat.targeted, confidence=confidence,
+            initial_const=initial_const, binary_search_steps=binary_search_steps, steps=steps,
+            lr=lr, abort_early=abort_early,
+        )
+    params = {"confidence": confidence, "initial_const": initial_const,
+              "binary_search_steps": binary_search_steps, "steps": steps, "lr": lr,
+              "abort_early": abort_early}
+    return finish_minimal("cw", params, model, x, y, out.x_adv, out.l2, threat,
+                          mc_samples=mc_samples, generator=generator, extra={"const": out.const})
+
+
+def finish_minimal(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   x_adv: torch.Tensor, min_norm: torch.Tensor, threat: ThreatModel, *,
+                   mc_samples: Optional[int], generator: Optional[torch.Generator],
+                   extra: dict) -> AttackResult:
+    """Judge the result of a minimal-perturbation attack (shared by C&W and DeepFool).
+
+    ``x_adv`` is clipped to the box but not projected onto the ball; it is judged with the
+    MC-averaged prediction, and with ``threat.eps > 0`` a success also needs ``norm <= eps``
+    (``eps == 0``: no budget). ``extra["min_norm"]`` keeps the attack's own minimal norms.
+    """
+    x_adv = threat.clip(x_adv).detach()
+    success, fooled_any, pred = judge(model, x_adv, y, threat, mc_samples, generator)
+    norm = threat.norm_of(x_adv - x)
+    if threat.eps > 0:
+        fits = norm <= threat.eps * (1 + 1e-6) + 1e-12
+        success, fooled_any = success & fits, fooled_any & fits
+    return AttackResult(x_adv, success, fooled_any, pred, norm, attack, dict(params),
+                        {"min_norm": min_norm, **extra})
