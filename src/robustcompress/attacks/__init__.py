@@ -29,5 +29,15 @@ from robustcompress.attacks.registry import (  # noqa: F401
 )
 
 # --- attacks owned by the attack-core helper ---------------------------------------------------
+from robustcompress.attacks.fgsm import fgsm  # noqa: F401,E402
+from robustcompress.attacks.bim import bim, bim_paper_schedule  # noqa: F401,E402
+from robustcompress.attacks.pgd import pgd  # noqa: F401,E402
+from robustcompress.attacks.mim import mim  # noqa: F401,E402
+from robustcompress.attacks.rfgsm import rfgsm  # noqa: F401,E402
+from robustcompress.attacks.apgd import apgd, apgd_t  # noqa: F401,E402
+from robustcompress.attacks.transfer import transfer  # noqa: F401,E402
+from robustcompress.attacks.noise import gaussian, uniform  # noqa: F401,E402
+from robustcompress.attacks.eot import ExpectationModel  # noqa: F401,E402
 
 # --- attacks owned by the attack-eval helper (they append their imports below) -----------------
+from robustcompress.attacks import cw, deepfool, square  # noqa: F401,E402

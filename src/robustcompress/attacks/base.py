@@ -447,6 +447,13 @@ class SampleNoise:
             ).tolist() if n else []
         self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
 
+    def select(self, index) -> "SampleNoise":
+        """The streams of rows ``index`` (shared, not copied: drawing from the view advances them)."""
+        view = SampleNoise.__new__(SampleNoise)
+        view.device = self.device
+        view.generators = [self.generators[int(i)] for i in index]
+        return view
+
     def _rows(self, index) -> list[torch.Generator]:
         if index is None:
             return self.generators

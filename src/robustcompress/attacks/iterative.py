@@ -1,0 +1,138 @@
+"""The shared core of the iterative gradient attacks (BIM, PGD, MIM): steps, best-iterate tracking.
+
+One step is ``x <- Proj_{ball ∩ box}(x + a * steepest(g))`` with ``steepest`` the unit-size
+steepest-ascent direction of the threat model's norm (``sign`` for Linf, ``g / ||g||_2`` for L2)
+and ``g`` the input gradient of the per-sample attacker objective (optionally with MI-FGSM momentum,
+the gradient then being L1-normalised per sample). Every iterate is evaluated, and per sample the
+best one is kept: successful iterates beat unsuccessful ones, and among equals the larger objective
+wins (as AutoAttack keeps its best point). With ``early_stop`` a sample leaves the batch at its first
+success, which saves forwards without changing any other sample's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from robustcompress.attacks.base import LossFn, input_gradient, objective, reached_goal
+from robustcompress.attacks.threat import ThreatModel
+from robustcompress.nn.protocol import is_stochastic
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class Best:
+    """Per-sample best iterate: successes first, then the larger attacker objective."""
+
+    x: torch.Tensor
+    obj: torch.Tensor
+    success: torch.Tensor
+
+    @classmethod
+    def empty(cls, x: torch.Tensor) -> "Best":
+        b = x.shape[0]
+        return cls(
+            x.detach().clone(),
+            torch.full((b,), float("-inf"), device=x.device, dtype=x.dtype),
+            torch.zeros(b, dtype=torch.bool, device=x.device),
+        )
+
+    def update(self, idx: torch.Tensor, x: torch.Tensor, obj: torch.Tensor, success: torch.Tensor) -> None:
+        """Offer candidates ``x`` (rows ``idx`` of the batch) with their objective and success."""
+        old_s = self.success[idx]
+        better = (success & ~old_s) | ((success == old_s) & (obj > self.obj[idx]))
+        j = idx[better]
+        self.x[j] = x[better].detach()
+        self.obj[j] = obj[better].to(self.obj.dtype)
+        self.success[j] = success[better]
+
+    def merge(self, idx: torch.Tensor, other: "Best") -> None:
+        self.update(idx, other.x, other.obj, other.success)
+
+
+def evaluate_point(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    loss: Union[str, LossFn] = "ce",
+    eot_samples: Optional[int] = 1,
+    generator: Optional[torch.Generator] = None,
+    max_rows: Optional[int] = None,
+) -> Best:
+    """A :class:`Best` holding ``x`` itself (e.g. the clean inputs: already-misclassified ones win)."""
+    obj, logits = objective(
+        model, x, y, loss=loss, eot_samples=eot_samples, generator=generator,
+        targeted=threat.targeted, max_rows=max_rows,
+    )
+    return Best(x.detach().clone(), obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted))
+
+
+def iterate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    x_start: torch.Tensor,
+    *,
+    steps: int,
+    step_size: float,
+    loss: Union[str, LossFn] = "ce",
+    eot_samples: Optional[int] = 1,
+    generator: Optional[torch.Generator] = None,
+    early_stop: bool = True,
+    momentum: Optional[float] = None,
+    max_rows: Optional[int] = None,
+) -> Best:
+    """Run ``steps`` projected steepest-ascent steps from ``x_start``; return the best iterates.
+
+    Costs ``steps`` forward+backward passes and one final forward (times the EOT draws), on the
+    samples still active. ``momentum`` (MI-FGSM decay ``mu``) accumulates
+    ``g <- mu * g + grad / ||grad||_1`` per sample before the steepest-ascent direction is taken.
+    NaN/inf gradient entries are treated as zero.
+    """
+    best = Best.empty(x_start)
+    x_adv = x_start.detach().clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    velocity = torch.zeros_like(x) if momentum is not None else None
+    kw = dict(loss=loss, eot_samples=eot_samples, generator=generator, targeted=threat.targeted,
+              max_rows=max_rows)
+    for t in range(steps + 1):
+        xa, ya = x_adv[active], y[active]
+        if t < steps:
+            obj, grad, logits = input_gradient(model, xa, ya, return_logits=True, **kw)
+        else:
+            obj, logits = objective(model, xa, ya, **kw)
+        success = reached_goal(logits.argmax(1), ya, threat.targeted)
+        best.update(active, xa, obj.to(x.dtype), success)
+        if t == steps:
+            break
+        if early_stop:
+            keep = ~success
+            active, xa, grad = active[keep], xa[keep], grad[keep]
+            if active.numel() == 0:
+                break
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if velocity is not None:
+            l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
+            grad = momentum * velocity[active] + grad / _bcast(l1, grad)
+            velocity[active] = grad
+        x_adv[active] = threat.project(xa + step_size * threat.steepest(grad), x[active])
+    return best
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """Madry et al. (2018)'s rule ``2.5 * eps / steps``: enough to cross the ball and come back."""
+    return 2.5 * eps / max(int(steps), 1)
+
+
+def default_early_stop(model: nn.Module, early_stop: Optional[bool]) -> bool:
+    """Early stopping is safe for deterministic models only: under noise a success is not final."""
+    return (not is_stochastic(model)) if early_stop is None else bool(early_stop)
