@@ -162,3 +162,19 @@ def test_export_tensors_are_compact():
     n = sum(t.numel() for t in layer.export_tensors().values())
     assert n == 16 * 16 * 9 + 64 * 16 * 2 + 9 * 2 + 64
     assert n < 64 * 64 * 9 / 5
+
+
+def test_hook_based_mac_counter_sees_executed_convs():
+    """metrics.compression counts MACs with forward hooks on conv/linear modules: the Tucker
+    layer's op modules must report the factorized (and sketched) sizes."""
+    compression = pytest.importorskip("robustcompress.metrics.compression")
+    torch.manual_seed(0)
+    layer = TuckerConv2d.from_conv(nn.Conv2d(64, 64, 3, padding=1), rank=0.25)
+    macs = compression.count_macs(nn.Sequential(layer), (64, 4, 4))
+    assert macs == 16 * (64 * 16 + 16 * 16 * 9 + 16 * 64)
+    layer.theta = 0.5
+    layer.generator = torch.Generator().manual_seed(0)
+    assert compression.count_macs(nn.Sequential(layer), (64, 4, 4)) < macs
+    lin = TuckerLinear.from_linear(nn.Linear(100, 10), rank=(5, 4))
+    assert lin.ranks == (4, 4)  # a matrix has one rank: clamped to the smaller
+    assert compression.count_macs(nn.Sequential(lin), (100,)) == 100 * 4 + 4 * 4 + 4 * 10

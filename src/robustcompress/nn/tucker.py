@@ -36,13 +36,14 @@ et al. 2000) or HOOI (alternating refinement of the HOSVD, a few sweeps), both w
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
+from robustcompress.nn.counted import CONV_OPS, ConvOp1d, LinearOp
 from robustcompress.nn.sketch import check_sketch_args, sample_core_masks, sketch_tucker
 from robustcompress.nn.xnor import input_norm, xnor_conv, xnor_linear
 
@@ -228,16 +229,27 @@ def fold_spatial(core: torch.Tensor, factors: Sequence[torch.Tensor], *, batch_d
 
 
 def batched_conv(x: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,
-                 ndim: int = 2) -> torch.Tensor:
+                 ndim: int = 2, conv: Optional[Callable] = None) -> torch.Tensor:
     """Per-sample kernels: ``out[b] = conv(x[b], weight[b])`` as one grouped conv (groups=B).
 
     ``x`` is ``(B, C, ...)``, ``weight`` is ``(B, O, C, k...)``.
     """
+    conv = conv or _CONV[ndim]
     b, c = x.shape[:2]
     o = weight.shape[1]
-    out = _CONV[ndim](x.reshape(1, b * c, *x.shape[2:]), weight.reshape(b * o, *weight.shape[2:]),
-                      None, stride, _pad_arg(padding, ndim), dilation, b)
+    out = conv(x.reshape(1, b * c, *x.shape[2:]), weight.reshape(b * o, *weight.shape[2:]),
+               None, stride, _pad_arg(padding, ndim), dilation, b)
     return out.reshape(b, o, *out.shape[2:])
+
+
+def batched_linear(x: torch.Tensor, weight: torch.Tensor, *, conv: Optional[Callable] = None
+                   ) -> torch.Tensor:
+    """Per-sample matrices: ``out[b] = x[b] @ weight[b].T`` for ``x (B, ..., I)``, ``weight
+    (B, O, I)``, as a grouped 1x1 conv (so hook-based MAC counters see it)."""
+    b, i = x.shape[0], x.shape[-1]
+    h = x.reshape(b, -1, i).transpose(1, 2)
+    out = batched_conv(h, weight.unsqueeze(-1), ndim=1, conv=conv)
+    return out.transpose(1, 2).reshape(*x.shape[:-1], weight.shape[1])
 
 
 def _pad_arg(padding, ndim: int):
@@ -247,7 +259,8 @@ def _pad_arg(padding, ndim: int):
 
 def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Tensor],
                 bias: Optional[torch.Tensor] = None, *, stride=1, padding=0, dilation=1,
-                ndim: int = 2, execution: str = "factorized") -> torch.Tensor:
+                ndim: int = 2, execution: str = "factorized", conv: Optional[Callable] = None
+                ) -> torch.Tensor:
     """Convolution with a Tucker-factorized kernel (1-D or 2-D; ``groups=1``).
 
     Parameters
@@ -260,6 +273,8 @@ def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Ten
         conv (the 1x1 convs commute with zero padding: a pointwise linear map sends 0 to 0).
     execution : ``"factorized"`` (1x1 -> core conv -> 1x1, real MAC savings) or
         ``"reconstructed"`` (one dense conv with ``tucker_to_tensor``).
+    conv : the conv function to call (``F.conv{ndim}d`` signature); modules pass a hookable
+        :mod:`~robustcompress.nn.counted` op so MAC counters see the executed convs.
 
     Returns
     -------
@@ -267,7 +282,7 @@ def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Ten
     """
     if ndim not in _CONV:
         raise UserInputError(f"tucker_conv supports ndim 1 or 2, got {ndim}")
-    conv = _CONV[ndim]
+    conv = conv or _CONV[ndim]
     padding = _pad_arg(padding, ndim)
     if execution == "reconstructed":
         return conv(x, tucker_to_tensor(core, factors), bias, stride, padding, dilation)
@@ -282,45 +297,49 @@ def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Ten
 
 
 def tucker_linear(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Tensor],
-                  bias: Optional[torch.Tensor] = None, *, execution: str = "factorized"
-                  ) -> torch.Tensor:
+                  bias: Optional[torch.Tensor] = None, *, execution: str = "factorized",
+                  linear: Optional[Callable] = None) -> torch.Tensor:
     """``x W^T + b`` with ``W = U_O G U_I^T`` (``core (R_O, R_I)``); ``x`` is ``(..., I)``.
 
     Factorized: three thin matmuls, ``I*R_I + R_I*R_O + R_O*O`` MACs per row instead of ``I*O``.
     """
+    linear = linear or F.linear
     if execution == "reconstructed":
-        return F.linear(x, tucker_to_tensor(core, factors), bias)
+        return linear(x, tucker_to_tensor(core, factors), bias)
     if execution != "factorized":
         raise UserInputError(
             f"unknown execution {execution!r}; choose 'factorized' or 'reconstructed'")
     u_out, u_in = factors
-    return F.linear(F.linear(F.linear(x, u_in.T), core), u_out, bias)
+    return linear(linear(linear(x, u_in.T), core), u_out, bias)
 
 
 def tucker_conv_per_sample(x: torch.Tensor, cores: torch.Tensor,
                            factors: Sequence[torch.Tensor], bias: Optional[torch.Tensor] = None,
-                           *, stride=1, padding=0, dilation=1, ndim: int = 2) -> torch.Tensor:
+                           *, stride=1, padding=0, dilation=1, ndim: int = 2,
+                           conv: Optional[Callable] = None) -> torch.Tensor:
     """:func:`tucker_conv` with one core per sample (``cores`` is ``(B, R_O, R_I, r...)``).
 
     Factorized: the two 1x1 convs are shared, the core conv is a grouped conv with one group per
     sample (:func:`batched_conv`). Used by the ``"sample"`` sketch granularity.
     """
     u_out, u_in = factors[0], factors[1]
-    conv = _CONV[ndim]
+    conv = conv or _CONV[ndim]
     ones = (1,) * ndim
     h = conv(x, u_in.T.reshape(u_in.shape[1], u_in.shape[0], *ones))
     h = batched_conv(h, fold_spatial(cores, factors, batch_dims=1), stride=stride,
-                     padding=padding, dilation=dilation, ndim=ndim)
+                     padding=padding, dilation=dilation, ndim=ndim, conv=conv)
     return conv(h, u_out.reshape(u_out.shape[0], u_out.shape[1], *ones), bias)
 
 
 def tucker_linear_per_sample(x: torch.Tensor, cores: torch.Tensor,
-                             factors: Sequence[torch.Tensor], bias: Optional[torch.Tensor] = None
-                             ) -> torch.Tensor:
+                             factors: Sequence[torch.Tensor], bias: Optional[torch.Tensor] = None,
+                             *, linear: Optional[Callable] = None,
+                             conv: Optional[Callable] = None) -> torch.Tensor:
     """:func:`tucker_linear` with one core ``(R_O, R_I)`` per sample; ``x`` is ``(B, ..., I)``."""
+    linear = linear or F.linear
     u_out, u_in = factors
-    h = torch.einsum("boi,b...i->b...o", cores, F.linear(x, u_in.T))
-    return F.linear(h, u_out, bias)
+    h = batched_linear(linear(x, u_in.T), cores, conv=conv)
+    return linear(h, u_out, bias)
 
 
 def tucker_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
@@ -407,7 +426,8 @@ class _TuckerBase(nn.Module):
     def export_tensors(self) -> dict[str, torch.Tensor]:
         """Compact storage: core and factors (the dense kernel is never stored)."""
         out = {"core": self.core.detach()}
-        out.update({f"factor_{n}": u.detach() for n, u in enumerate(self.factors)})
+        # same keys as the state dict, so the compression metric stores each tensor once
+        out.update({f"factors.{n}": u.detach() for n, u in enumerate(self.factors)})
         if self.bias is not None:
             out["bias"] = self.bias.detach()
         return out
@@ -452,10 +472,11 @@ class _TuckerConvNd(_TuckerBase):
         super().__init__(shape, ranks, bias=bias, **kw)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
         self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.op = CONV_OPS[self.ndim]()  # runs every conv, visible to MAC-counting hooks
 
     def _conv_kw(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    ndim=self.ndim)
+                    ndim=self.ndim, conv=self.op)
 
     def _run(self, x, core, factors):
         if self.binary:
@@ -519,18 +540,22 @@ class TuckerLinear(_TuckerBase):
         kw.setdefault("init_std", 1.0 / math.sqrt(3 * in_features))
         super().__init__(shape, resolve_ranks(rank, shape), bias=bias, **kw)
         self.in_features, self.out_features = in_features, out_features
+        self.op = LinearOp()  # runs every matmul, visible to MAC-counting hooks
+        self.group_op = ConvOp1d()  # per-sample cores as a grouped 1x1 conv
 
     def _run(self, x, core, factors):
         if self.binary:
             return xnor_linear(x, tucker_to_tensor(core, factors), self.bias,
-                               surrogate=self.surrogate)
-        return tucker_linear(x, core, factors, self.bias, execution=self.execution)
+                               surrogate=self.surrogate, linear=self.op)
+        return tucker_linear(x, core, factors, self.bias, execution=self.execution,
+                             linear=self.op)
 
     def _run_per_sample(self, x, cores, factors):
         if self.binary:
             return xnor_linear(x, tucker_to_tensor(cores, factors, batch_dims=1), self.bias,
-                               surrogate=self.surrogate, per_sample=True)
-        return tucker_linear_per_sample(x, cores, factors, self.bias)
+                               surrogate=self.surrogate, per_sample=True, conv=self.group_op)
+        return tucker_linear_per_sample(x, cores, factors, self.bias, linear=self.op,
+                                        conv=self.group_op)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: RankSpec = 1.0, *, init: str = "hosvd",

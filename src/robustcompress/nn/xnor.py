@@ -27,13 +27,14 @@ learnt during fine-tuning. Deviation from a bare conv replacement, faithful to X
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
+from robustcompress.nn.counted import CONV_OPS, LinearOp
 from robustcompress.nn.ste import _check, sign
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
@@ -46,22 +47,22 @@ def binarize_weight(weight: torch.Tensor, *, batch_dims: int = 0) -> torch.Tenso
     return alpha * sign(weight, "clipped")
 
 
-def input_scale(x: torch.Tensor, kernel_size, *, stride=1, padding=0, dilation=1, ndim: int = 2
-                ) -> torch.Tensor:
+def input_scale(x: torch.Tensor, kernel_size, *, stride=1, padding=0, dilation=1, ndim: int = 2,
+                conv: Optional[Callable] = None) -> torch.Tensor:
     """XNOR-Net's ``K``: channel-mean ``|x|`` filtered by a ``1/k^d`` box, shape ``(B, 1, ...)``."""
     ks = (kernel_size,) * ndim if isinstance(kernel_size, int) else tuple(kernel_size)
     a = x.abs().mean(dim=1, keepdim=True)
     box = torch.full((1, 1, *ks), 1.0 / math.prod(ks), dtype=x.dtype, device=x.device)
-    return _CONV[ndim](a, box, None, stride, padding, dilation)
+    return (conv or _CONV[ndim])(a, box, None, stride, padding, dilation)
 
 
 def xnor_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
               stride=1, padding=0, dilation=1, ndim: int = 2, surrogate: str = "clipped",
-              per_sample: bool = False) -> torch.Tensor:
+              per_sample: bool = False, conv: Optional[Callable] = None) -> torch.Tensor:
     """Binary conv ``(sign(x) (*) alpha sign(W)) . K + b`` (eq. 5).
 
     ``weight`` is ``(O, I, k...)``, or ``(B, O, I, k...)`` with ``per_sample=True`` (one kernel per
-    sample, run as a grouped conv).
+    sample, run as a grouped conv). ``conv`` replaces ``F.conv{ndim}d`` (hookable op modules).
     """
     from robustcompress.nn.tucker import batched_conv
 
@@ -71,23 +72,31 @@ def xnor_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     wb = binarize_weight(weight, batch_dims=1 if per_sample else 0)
     xb = sign(x, surrogate)
     if per_sample:
-        out = batched_conv(xb, wb, stride=stride, padding=padding, dilation=dilation, ndim=ndim)
+        out = batched_conv(xb, wb, stride=stride, padding=padding, dilation=dilation, ndim=ndim,
+                           conv=conv)
     else:
-        out = _CONV[ndim](xb, wb, None, stride, padding, dilation)
+        out = (conv or _CONV[ndim])(xb, wb, None, stride, padding, dilation)
     out = out * input_scale(x, weight.shape[-ndim:], stride=stride, padding=padding,
-                            dilation=dilation, ndim=ndim)
+                            dilation=dilation, ndim=ndim, conv=conv)
     if bias is not None:
         out = out + bias.view(1, -1, *([1] * ndim))
     return out
 
 
 def xnor_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                surrogate: str = "clipped", per_sample: bool = False) -> torch.Tensor:
-    """Binary linear ``(sign(x) . alpha sign(W)^T) * mean|x| + b``; ``x`` is ``(B, ..., I)``."""
+                surrogate: str = "clipped", per_sample: bool = False,
+                linear: Optional[Callable] = None, conv: Optional[Callable] = None
+                ) -> torch.Tensor:
+    """Binary linear ``(sign(x) . alpha sign(W)^T) * mean|x| + b``; ``x`` is ``(B, ..., I)``.
+
+    ``weight`` is ``(O, I)`` or, with ``per_sample=True``, ``(B, O, I)`` (grouped 1x1 ``conv``).
+    """
+    from robustcompress.nn.tucker import batched_linear
+
     _check(surrogate)
     wb = binarize_weight(weight, batch_dims=1 if per_sample else 0)
     xb = sign(x, surrogate)
-    out = torch.einsum("boi,b...i->b...o", wb, xb) if per_sample else F.linear(xb, wb)
+    out = batched_linear(xb, wb, conv=conv) if per_sample else (linear or F.linear)(xb, wb)
     out = out * x.abs().mean(dim=-1, keepdim=True)
     return out + bias if bias is not None else out
 
@@ -140,6 +149,7 @@ class _XNORConvNd(_XNORBase):
             raise UserInputError("XNOR conversion needs groups=1 and padding_mode='zeros'")
         super().__init__(conv.weight, conv.bias, norm=norm)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.op = CONV_OPS[self.ndim]()  # runs the convs, visible to MAC-counting hooks
         self.to(device=conv.weight.device)
 
     @classmethod
@@ -150,7 +160,7 @@ class _XNORConvNd(_XNORBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return xnor_conv(self._normed(x), self.weight, self.bias, stride=self.stride,
                          padding=self.padding, dilation=self.dilation, ndim=self.ndim,
-                         surrogate=self.surrogate)
+                         surrogate=self.surrogate, conv=self.op)
 
 
 class XNORConv1d(_XNORConvNd):
@@ -172,6 +182,7 @@ class XNORLinear(_XNORBase):
 
     def __init__(self, linear: nn.Linear, *, norm: bool = True):
         super().__init__(linear.weight, linear.bias, norm=norm)
+        self.op = LinearOp()
         self.to(device=linear.weight.device)
 
     @classmethod
@@ -179,4 +190,5 @@ class XNORLinear(_XNORBase):
         return cls(linear, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return xnor_linear(self._normed(x), self.weight, self.bias, surrogate=self.surrogate)
+        return xnor_linear(self._normed(x), self.weight, self.bias, surrogate=self.surrogate,
+                           linear=self.op)
