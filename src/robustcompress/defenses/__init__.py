@@ -12,3 +12,5 @@ from robustcompress.defenses.base import (  # noqa: F401
     list_defenses,
     register_defense,
 )
+from robustcompress.defenses import pruning  # noqa: F401,E402
+from robustcompress.defenses import quantization  # noqa: F401,E402
