@@ -1,7 +1,204 @@
-"""CLI commands: train (see robustcompress.cli)."""
+"""CLI commands: ``train``, ``evaluate`` (clean accuracy + confusion summary), ``models``.
+
+Thin: parses options, calls :mod:`robustcompress.training`, prints a rich table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from robustcompress.errors import UserInputError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _load(dataset: str, data_dir: Optional[str], train_limit: Optional[int],
+          test_limit: Optional[int]):
+    from robustcompress.data import load_dataset
+
+    kw = {}
+    if train_limit:
+        kw["train_limit"] = train_limit
+    if test_limit:
+        kw["test_limit"] = test_limit
+    return load_dataset(dataset, root=data_dir, **kw)
+
+
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    for k, v in rows:
+        t.add_row(k, v)
+    _console().print(t)
+
+
+def train_cmd(
+    dataset: str = typer.Option("digits", help="Dataset name (see `robustcompress data list`)."),
+    model: str = typer.Option("lenet5", help="Model name (see `robustcompress models`)."),
+    epochs: int = typer.Option(2, min=0, help="Epochs."),
+    batch_size: int = typer.Option(128, min=1, help="Mini-batch size."),
+    lr: float = typer.Option(1e-3, help="Learning rate."),
+    optimizer: str = typer.Option("adam", help="adam | sgd."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    schedule: str = typer.Option("none", help="none | step | multistep | cosine."),
+    milestones: Optional[str] = typer.Option(None, help="Comma-separated epochs for multistep, e.g. 25,35."),
+    gamma: float = typer.Option(0.1, help="LR decay factor of step/multistep."),
+    seed: int = typer.Option(0, help="Seed of the data order and initialisation."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<dataset>-<model>-s<seed>)."),
+    resume: bool = typer.Option(True, help="Continue from the last epoch checkpointed in --out."),
+    train_limit: Optional[int] = typer.Option(None, help="Use only this many training samples (quick runs)."),
+    test_limit: Optional[int] = typer.Option(None, help="Use only this many test samples."),
+    max_batches: Optional[int] = typer.Option(None, help="Stop each epoch after this many batches."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train a zoo model on a dataset and write a checkpoint (safetensors + JSON).
+
+    Example: robustcompress train --dataset mnist --model lenet5 --epochs 2 --out runs/lenet5
+    """
+    import torch
+    from pydantic import ValidationError
+
+    from robustcompress.device import resolve_device
+    from robustcompress.metrics.compression import count_macs, count_parameters, exported_bytes
+    from robustcompress.models import build_model
+    from robustcompress.training import TrainConfig, fit
+
+    try:
+        config = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+            weight_decay=weight_decay, schedule=schedule, gamma=gamma, seed=seed,
+            milestones=[int(m) for m in milestones.split(",")] if milestones else [],
+            max_batches_per_epoch=max_batches)
+    except (ValidationError, ValueError) as e:
+        msgs = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
+        raise UserInputError("invalid training option: " + "; ".join(
+            f"{'.'.join(map(str, m['loc']))} {m['msg']}" for m in msgs)) from None
+    from robustcompress.models import list_models
+
+    if model not in list_models():  # before the (slow) data load
+        raise UserInputError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    data = _load(dataset, data_dir, train_limit, test_limit)
+    load_s = time.perf_counter() - t0
+    torch.manual_seed(seed)  # weight initialisation (the CLI owns its process's global RNG)
+    net = build_model(model, data.info)
+    run = Path(out or f"runs/{dataset}-{model}-s{seed}")
+    res = fit(net, data, config, checkpoint_dir=run, device=dev, progress=progress, resume=resume)
+    m = res.metrics
+    rows = [
+        ("dataset", f"{data.info.name} ({len(data.train)} train / {len(data.test)} test)"
+                    + (f" - {data.info.note}" if data.info.note else "")),
+        ("model", f"{model}: {count_parameters(net):,} parameters, "
+                  f"{count_macs(net, data.info.shape):,} MACs, {exported_bytes(net):,} bytes"),
+        ("training", f"{config.optimizer} lr {config.lr} batch {config.batch_size}, "
+                     f"{m.get('epochs', 0)} epochs, seed {seed}, {dev}"),
+        ("train loss / acc", f"{m.get('loss', float('nan')):.4f} / {m.get('train_acc', float('nan')):.4f}"),
+        ("test accuracy", f"{m.get('test_acc', float('nan')):.4f}"),
+        ("time", f"data {load_s:.1f}s, training {sum(h.get('seconds', 0) for h in res.history):.1f}s"),
+        ("checkpoint", str(run / "model")),
+    ]
+    _print_rows("robustcompress train", rows)
+
+
+def evaluate_cmd(
+    checkpoint: str = typer.Option(..., help="Checkpoint written by `train` (run folder or its model.json)."),
+    split: str = typer.Option("test", help="test | train."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    batch_size: int = typer.Option(512, min=1, help="Evaluation batch size."),
+    mc_samples: Optional[int] = typer.Option(None, help="Draws averaged for stochastic models."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only this many samples."),
+    seed: int = typer.Option(0, help="Seed of the randomness of stochastic models."),
+    top: int = typer.Option(5, help="How many confused class pairs to list."),
+    adaptive: bool = typer.Option(False, help="Also run the adaptive robustness evaluation (attacks)."),
+) -> None:
+    """Clean accuracy of a checkpoint with per-class accuracy and the most confused pairs.
+
+    Example: robustcompress evaluate --checkpoint runs/lenet5
+    """
+    import torch
+
+    from robustcompress.data.info import DatasetInfo
+    from robustcompress.device import resolve_device
+    from robustcompress.training import confusion_matrix, confusion_summary, load_checkpoint
+    from robustcompress.training.checkpoint import read_checkpoint_meta
+
+    if split not in ("test", "train"):
+        raise UserInputError(f"--split must be test or train, got {split!r}")
+    dev = resolve_device(device)
+    doc = read_checkpoint_meta(checkpoint)
+    info = DatasetInfo.from_dict(doc["spec"]["info"])
+    data = _load(info.name, data_dir, None, None)
+    if tuple(data.info.shape) != tuple(info.shape) or data.info.num_classes != info.num_classes:
+        raise UserInputError(
+            f"the checkpoint's model takes {info.name} inputs of shape {tuple(info.shape)} with "
+            f"{info.num_classes} classes, but the data found has shape {tuple(data.info.shape)} and "
+            f"{data.info.num_classes} classes; point --data-dir at the dataset it was trained on")
+    model = load_checkpoint(checkpoint, device=dev)
+    part = getattr(data, split).subset(limit)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    cm = confusion_matrix(model, part, info.num_classes, batch_size, dev, mc_samples, gen)
+    s = confusion_summary(cm, info.class_names, top=top)
+    from rich.table import Table
+
+    t = Table(title=f"{doc['spec']['model']} on {info.name} {split} ({s['n']} samples): "
+                    f"accuracy {s['accuracy']:.4f}")
+    t.add_column("class")
+    t.add_column("accuracy", justify="right")
+    for c, a in s["per_class"].items():
+        t.add_row(str(c), f"{a:.4f}")
+    _console().print(t)
+    if s["most_confused"]:
+        _console().print("most confused (true -> predicted: count): " + ", ".join(
+            f"{p['true']} -> {p['predicted']}: {p['count']}" for p in s["most_confused"]))
+    if adaptive:
+        _adaptive(model, part, info, device=dev, seed=seed)
+
+
+def _adaptive(model, split, info, *, device, seed: int) -> None:
+    """Seam for the attack helpers: run the adaptive evaluation when it exists."""
+    import robustcompress.attacks as attacks
+
+    if not hasattr(attacks, "evaluate_robustness"):
+        raise UserInputError("--adaptive is not available yet in this version; run "
+                             "`robustcompress attack --help` for single attacks")
+    result = attacks.evaluate_robustness(model, split, info=info, device=device, seed=seed)
+    _console().print(result)
+
+
+def models_cmd() -> None:
+    """List the model zoo (build any of them for any dataset of matching modality).
+
+    Example: robustcompress models
+    """
+    from rich.table import Table
+
+    from robustcompress.models import list_models
+
+    t = Table(title="robustcompress models")
+    t.add_column("name", style="bold")
+    t.add_column("description")
+    for name, doc in list_models().items():
+        t.add_row(name, doc)
+    _console().print(t)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("models")(models_cmd)

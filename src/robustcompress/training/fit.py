@@ -201,7 +201,7 @@ def _check_loss(loss: torch.Tensor, name: str = "") -> None:
                          f"got shape {tuple(loss.shape)}")
     if not torch.isfinite(loss):
         raise RuntimeError(
-            f"training loss{' ' + repr(name) if name else ''} became {float(loss)}; the run "
+            f"training loss{' ' + repr(name) if name else ''} became {float(loss.detach())}; the run "
             "diverged: lower the learning rate (--lr), use a schedule or SGD, or check that the "
             "inputs are in the dataset's declared range (with a checkpoint_dir, the last finished epoch "
             "is saved and the same call resumes from it).")
