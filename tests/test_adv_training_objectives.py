@@ -1,0 +1,104 @@
+"""Adversarial-training objectives: they use the library's attacks, restore modes, and work."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcompress.attacks import ThreatModel, run_attack
+from robustcompress.data import load_dataset
+from robustcompress.errors import UserInputError
+from robustcompress.models import build_model
+from robustcompress.training import TrainConfig, fit
+from robustcompress.training.objectives import (
+    AdversarialTraining,
+    craft_adversarial,
+    fgsm_training,
+    module_mode,
+    pgd_training,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _robust_acc(model, ds, threat, n=200):
+    model.eval()
+    x, y = ds.test.x[:n], ds.test.y[:n]
+    res = run_attack("pgd", model, x, y, threat, steps=20, generator=torch.Generator().manual_seed(5))
+    clean = float((model(x).argmax(1) == y).float().mean())
+    return clean, res.robust_accuracy
+
+
+def test_pgd_training_increases_robust_accuracy_on_digits(digits):
+    threat = ThreatModel.from_spec("linf", 0.2, digits.info)
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=3e-3, seed=0)
+    torch.manual_seed(0)
+    std = build_model("lenet300", digits.info, hidden=(64,))
+    fit(std, digits, cfg, progress=False)
+    torch.manual_seed(0)
+    adv = build_model("lenet300", digits.info, hidden=(64,))
+    obj = pgd_training(threat, steps=5, step_size=0.08, generator=torch.Generator().manual_seed(1))
+    fit(adv, digits, cfg, objective=obj, progress=False)
+    c0, r0 = _robust_acc(std, digits, threat)
+    c1, r1 = _robust_acc(adv, digits, threat)
+    assert c0 > 0.85 and c1 > 0.7
+    assert r1 > r0 + 0.25, (r0, r1)
+
+
+def test_craft_restores_modes_and_uses_eval_mode():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(self.training)
+            return x
+
+    model = nn.Sequential(nn.Flatten(), Probe(), nn.Linear(4, 3))
+    model.train()
+    model[2].eval()  # a sub-module in its own mode must keep it
+    threat = ThreatModel(eps=0.1)
+    x, y = torch.rand(5, 4), torch.randint(0, 3, (5,))
+    xa = craft_adversarial(model, x, y, threat, "pgd", steps=3, generator=torch.Generator().manual_seed(0))
+    assert set(seen) == {False}
+    assert model.training and model[1].training and not model[2].training
+    assert (xa - x).abs().max() <= 0.1 + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+    with module_mode(model, "train"):
+        assert model[2].training
+    assert not model[2].training
+
+
+def test_mix_and_attack_choice():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
+    threat = ThreatModel(eps=0.2)
+    obj = fgsm_training(threat)
+    assert obj.mix == 0.5 and obj.attack == "fgsm"
+    loss = obj(model, x, y)
+    xa = run_attack("fgsm", model, x, y, threat).x_adv
+    expected = 0.5 * F.cross_entropy(model(x), y) + 0.5 * F.cross_entropy(model(xa), y)
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(UserInputError):
+        AdversarialTraining(threat, mix=1.5)
+    with pytest.raises(UserInputError):
+        craft_adversarial(model, x, y, threat, "fgsm", steps=3)
+
+
+def test_random_steps_and_eps_are_sampled_from_generator():
+    threat = ThreatModel(eps=0.3)
+    obj = AdversarialTraining(threat, steps=7, step_size=0.03, random_steps=True, random_eps=True,
+                              min_eps_fraction=0.5, generator=torch.Generator().manual_seed(0))
+    draws = [obj.sample_budget() for _ in range(300)]
+    steps = {s for _, s, _ in draws}
+    eps = torch.tensor([t.eps for t, _, _ in draws])
+    assert steps == set(range(1, 8))
+    assert eps.min() >= 0.15 - 1e-9 and eps.max() <= 0.3 + 1e-9
+    assert abs(float(eps.mean()) - 0.225) < 0.01  # uniform on [0.15, 0.3]
+    t, _, step = draws[0]
+    assert step == pytest.approx(0.03 * t.eps / 0.3)
+    obj2 = AdversarialTraining(threat, steps=7, step_size=0.03, random_steps=True, random_eps=True,
+                               min_eps_fraction=0.5, generator=torch.Generator().manual_seed(0))
+    assert [obj2.sample_budget()[1] for _ in range(20)] == [s for _, s, _ in draws[:20]]
