@@ -350,11 +350,15 @@ def draw_probs(
     with _generator_scope(model, generator):
         for c in _copies_per_forward(model, min(batch, rows or batch), n, rows):
             parts = [
-                F.softmax(model(_repeat(xc, c)).float(), dim=1).view(c, xc.shape[0], -1)
+                F.softmax(_at_least_float32(model(_repeat(xc, c))), dim=1).view(c, xc.shape[0], -1)
                 for xc in chunks
             ]
             out.append(torch.cat(parts, dim=1))
     return torch.cat(out, dim=0)
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def mc_predict(
