@@ -1,0 +1,131 @@
+"""Decoded-array cache: ``.npy`` files keyed by the sha256 of the source files.
+
+Decoding 60,000 JPEGs or thousands of WAVs takes seconds; loading the same arrays back from
+``.npy`` takes a fraction of a second. Each cache entry is one folder
+``<cache_dir>/<dataset>-<key>/`` with one ``.npy`` per array (uint8 images, int16 audio) and a
+``meta.json`` written last, so an entry without ``meta.json`` is incomplete and ignored. The key
+hashes the source checksums, the loader version and the decoding options: a changed source gives
+a new key, so a stale entry is never read. Every file is written to a temporary name and moved
+into place with ``os.replace`` (atomic on POSIX), so two processes filling the same entry cannot
+leave a torn file.
+
+Cache directory order: ``cache_dir=`` argument, ``$ROBUSTCOMPRESS_CACHE``, ``<root>/.robustcompress-cache``
+when the data root is writable, else ``$XDG_CACHE_HOME/robustcompress`` (``~/.cache/robustcompress``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+CACHE_ENV_VAR = "ROBUSTCOMPRESS_CACHE"
+Arrays = dict[str, np.ndarray]
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/robustcompress``, default ``~/.cache/robustcompress``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "robustcompress"
+
+
+def _writable_dir(p: Path) -> bool:
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(p, os.W_OK | os.X_OK)
+
+
+def resolve_cache_dir(cache_dir: Optional[os.PathLike] = None,
+                      root: Optional[Path] = None) -> Path:
+    """Pick the cache directory (see module docstring); never writes into a read-only data root."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    if root is not None and root.is_dir() and os.access(root, os.W_OK | os.X_OK):
+        return root / ".robustcompress-cache"
+    return user_cache_dir()
+
+
+def cache_key(**parts) -> str:
+    """A short stable hash of JSON-serialisable ``parts`` (sources' sha256, options, version)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_entry(entry: Path, arrays: Arrays, meta: dict) -> None:
+    """Write every array, then ``meta.json`` (the completeness marker)."""
+    for k, a in arrays.items():
+        _atomic_save_npy(entry / f"{k}.npy", a)
+    meta = dict(meta, arrays=sorted(arrays))
+    atomic_write_bytes(entry / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
+
+
+def load_entry(entry: Path) -> Optional[tuple[Arrays, dict]]:
+    """The arrays and meta of a complete entry, or None (missing, incomplete or unreadable)."""
+    mp = entry / "meta.json"
+    if not mp.is_file():
+        return None
+    try:
+        meta = json.loads(mp.read_text())
+        arrays = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in meta["arrays"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    return arrays, meta
+
+
+def get_or_build(cache_dir: Optional[Path], name: str, key: str,
+                 build: Callable[[], tuple[Arrays, dict]]) -> tuple[Arrays, dict, bool]:
+    """Return ``(arrays, meta, hit)``: from the cache entry ``<name>-<key>`` or by calling ``build``.
+
+    A cache that cannot be written (read-only home, full disk) only costs speed: a warning is
+    issued and the freshly built arrays are returned. ``cache_dir=None`` disables caching.
+    """
+    entry = None if cache_dir is None else Path(cache_dir) / f"{name}-{key}"
+    if entry is not None:
+        got = load_entry(entry)
+        if got is not None:
+            return got[0], got[1], True
+    arrays, meta = build()
+    if entry is not None:
+        try:
+            save_entry(entry, arrays, meta)
+        except OSError as e:
+            warnings.warn(f"could not write the dataset cache at {entry} ({e}); the next load "
+                          "will decode again. Pass cache_dir= or set $ROBUSTCOMPRESS_CACHE to a "
+                          "writable folder.", stacklevel=3)
+    return arrays, meta, False
