@@ -91,7 +91,7 @@ def draw_keep_mask(shape: Sequence[int], theta: float, *,
     """
     u = _uniform(tuple(shape), generator, device)
     keep = u < theta
-    first = torch.nn.functional.one_hot(u.argmin(-1), u.shape[-1]).bool()
+    first = u == u.amin(-1, keepdim=True)  # (no one_hot: it is not vmappable)
     return keep | (first & ~keep.any(-1, keepdim=True))
 
 
