@@ -41,3 +41,5 @@ from robustcompress.attacks.eot import ExpectationModel  # noqa: F401,E402
 
 # --- attacks owned by the attack-eval helper (they append their imports below) -----------------
 from robustcompress.attacks import cw, deepfool, square  # noqa: F401,E402
+from robustcompress.attacks.checks import Flag, masking_checks  # noqa: F401,E402
+from robustcompress.attacks.adaptive import RobustnessReport, evaluate_robustness  # noqa: F401,E402

@@ -177,8 +177,9 @@ def _adaptive(model, split, info, *, device, seed: int) -> None:
     if not hasattr(attacks, "evaluate_robustness"):
         raise UserInputError("--adaptive is not available yet in this version; run "
                              "`robustcompress attack --help` for single attacks")
-    result = attacks.evaluate_robustness(model, split, info=info, device=device, seed=seed)
-    _console().print(result)
+    from robustcompress.commands.adaptive import run_adaptive  # attack-eval helper's module
+
+    run_adaptive(model, split, info, device=device, seed=seed)
 
 
 def models_cmd() -> None:

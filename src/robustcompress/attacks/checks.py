@@ -1,0 +1,221 @@
+"""Gradient-masking checks: the symptoms in Carlini et al.'s evaluation checklist, as named flags.
+
+Carlini, Athalye, Papernot, Brendel, Rauber, Tsipras, Goodfellow, Madry & Kurakin, "On Evaluating
+Adversarial Robustness" (arXiv 1902.06705, 2019), Sections 5.x, list signs that an attack failed
+because the defence hides its gradient rather than because the model is robust. Each check below
+turns one sign into a :class:`Flag` with a one-line explanation and the numbers behind it:
+
+==============================  ===========================================================
+``iterative_weaker``            PGD leaves a higher accuracy than one FGSM step.
+``blackbox_stronger``           Square (gradient-free) or a transfer attack beats white-box.
+``large_eps_not_zero``          accuracy is not ~0 at a huge budget (Linf: half the box).
+``zero_gradients``              many samples have an all-zero or NaN input gradient.
+``more_eot_helps``              4x the EOT samples lowers accuracy a lot (stochastic models).
+``more_steps_help``             4x the PGD steps lowers accuracy a lot.
+==============================  ===========================================================
+
+Accuracies are robust accuracies judged like every attack result (MC-averaged prediction for
+stochastic models), so "a lot" is measured in accuracy points: ``tol`` (default 0.05). The
+individual ``check_*`` functions are pure functions of numbers; :func:`masking_checks` runs the
+attacks they need. AutoAttack (``checks.py``) has the zero-gradient and Square checks as
+warnings; the others follow the checklist. A raised flag is a reason to distrust the white-box
+number, not proof of masking; a clear flag is not proof of robustness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from robustcompress.attacks.base import input_gradient, resolve_draws
+from robustcompress.attacks.registry import run_attack
+from robustcompress.attacks.threat import ThreatModel
+from robustcompress.nn.protocol import model_properties, straight_through
+
+#: Default tolerance, in accuracy points, before a difference counts as "a lot".
+DEFAULT_TOL = 0.05
+#: Fraction of samples with zero/NaN input gradients above which the zero-gradient flag is raised.
+ZERO_GRADIENT_FRACTION = 0.10
+
+EXPLANATIONS = {
+    "iterative_weaker": "PGD left a higher accuracy than one FGSM step: its gradient leads nowhere",
+    "blackbox_stronger": "a gradient-free/transfer attack beat white-box: gradients are masked",
+    "large_eps_not_zero": "accuracy is not ~0 at a huge eps: the attack cannot find the model's "
+                          "sensitive direction",
+    "zero_gradients": "many inputs have a zero/NaN input gradient: use BPDA (bpda=) or EOT",
+    "more_eot_helps": "4x more EOT draws lowered accuracy a lot: the number depends on EOT budget",
+    "more_steps_help": "4x more PGD steps lowered accuracy a lot: the attack had not converged",
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One gradient-masking check: raised or not, why it matters, and the numbers behind it."""
+
+    name: str
+    raised: bool
+    explanation: str
+    values: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["values"] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                       for k, v in self.values.items()}
+        return d
+
+    def line(self) -> str:
+        """``[RAISED] name: explanation (numbers)``; a clear flag shows only its numbers."""
+        vals = ", ".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
+        if self.raised:
+            return f"[RAISED] {self.name}: {self.explanation} ({vals})"
+        return f"[ok] {self.name} ({vals})"
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _flag(name: str, raised: bool, **values) -> Flag:
+    return Flag(name, bool(raised), EXPLANATIONS[name], values)
+
+
+# ---------------------------------------------------------------------------- pure checks
+def check_iterative_weaker(acc_single: float, acc_iterative: float, tol: float = DEFAULT_TOL) -> Flag:
+    """Raised when PGD's accuracy exceeds FGSM's by more than ``tol``."""
+    return _flag("iterative_weaker", acc_iterative > acc_single + tol, fgsm_accuracy=acc_single,
+                 pgd_accuracy=acc_iterative, tol=tol)
+
+
+def check_blackbox_stronger(acc_whitebox: float, acc_other: float, attack: str,
+                            tol: float = DEFAULT_TOL) -> Flag:
+    """Raised when a black-box/transfer attack's accuracy is below the white-box one by > ``tol``.
+
+    In a cascade (each attack only on points still robust) pass the white-box accuracy and the
+    accuracy after the black-box attack: the difference is the share of points only it broke.
+    """
+    return _flag("blackbox_stronger", acc_other < acc_whitebox - tol, whitebox_accuracy=acc_whitebox,
+                 other_accuracy=acc_other, other_attack=attack, tol=tol)
+
+
+def check_large_eps(acc_large: float, eps_large: float, tol: float = DEFAULT_TOL) -> Flag:
+    """Raised when accuracy at the very large budget ``eps_large`` is above ``tol``."""
+    return _flag("large_eps_not_zero", acc_large > tol, accuracy=acc_large, eps=eps_large, tol=tol)
+
+
+def zero_gradient_mask(grad: torch.Tensor) -> torch.Tensor:
+    """Per sample: the input gradient is all zero, or contains NaN/inf."""
+    flat = grad.flatten(1)
+    return (flat == 0).all(dim=1) | ~torch.isfinite(flat).all(dim=1)
+
+
+def check_zero_gradients(grad: torch.Tensor, threshold: float = ZERO_GRADIENT_FRACTION) -> Flag:
+    """Raised when more than ``threshold`` of the samples have a zero or NaN input gradient."""
+    bad = zero_gradient_mask(grad)
+    frac = float(bad.double().mean()) if bad.numel() else 0.0
+    nan = int((~torch.isfinite(grad.flatten(1)).all(dim=1)).sum())
+    return _flag("zero_gradients", frac > threshold, fraction=frac, nan_samples=nan,
+                 threshold=threshold)
+
+
+def check_more_eot(acc_n: float, acc_4n: float, n: int, tol: float = DEFAULT_TOL) -> Flag:
+    """Raised when ``4 n`` EOT samples lower accuracy by more than ``tol`` compared with ``n``."""
+    return _flag("more_eot_helps", acc_n - acc_4n > tol, eot_samples=n, accuracy=acc_n,
+                 accuracy_4x=acc_4n, tol=tol)
+
+
+def check_more_steps(acc_k: float, acc_4k: float, k: int, tol: float = DEFAULT_TOL) -> Flag:
+    """Raised when ``4 k`` PGD steps lower accuracy by more than ``tol`` compared with ``k``."""
+    return _flag("more_steps_help", acc_k - acc_4k > tol, steps=k, accuracy=acc_k,
+                 accuracy_4x=acc_4k, tol=tol)
+
+
+# ---------------------------------------------------------------------------- runner
+def large_eps(threat: ThreatModel, shape: tuple[int, ...]) -> float:
+    """The "very large" budget: half the box width for Linf, half the box diameter for L2."""
+    half = threat.width / 2
+    return half if threat.norm == "linf" else half * math.sqrt(math.prod(shape))
+
+
+def _child(generator: Optional[torch.Generator]) -> torch.Generator:
+    dev = generator.device if generator is not None else torch.device("cpu")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
+    return torch.Generator().manual_seed(seed)
+
+
+def masking_checks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    generator: Optional[torch.Generator] = None,
+    eot_samples: Optional[int] = None,
+    mc_samples: Optional[int] = None,
+    bpda: Optional[str] = None,
+    steps: int = 20,
+    square_queries: int = 0,
+    whitebox_accuracy: Optional[float] = None,
+    blackbox_accuracies: Optional[dict[str, float]] = None,
+    tol: float = DEFAULT_TOL,
+    zero_threshold: float = ZERO_GRADIENT_FRACTION,
+    batch_size: Optional[int] = None,
+) -> list[Flag]:
+    """Run the gradient-masking checks on ``(x, y)`` and return one :class:`Flag` per check.
+
+    Parameters
+    ----------
+    generator : every random draw (random starts, the model's randomness) comes from it.
+    eot_samples : gradient draws the checked attacker uses (stochastic models; ``None``: the
+        library default, 20). The EOT check compares it with 4x as many.
+    mc_samples : draws behind each verdict (``None``: the library default).
+    bpda : for non-differentiable models, the surrogate backward the gradient attacks use
+        (``"identity"``, ..., ``"exact"`` = the true zero derivative); ``None`` keeps the model's.
+    steps : PGD steps ``k``; the step check compares with ``4 k``.
+    square_queries : if > 0 (Linf only), also run Square with this budget and compare it with
+        the white-box accuracy.
+    whitebox_accuracy, blackbox_accuracies : accuracies measured elsewhere (e.g. by the adaptive
+        evaluation's cascade) to compare instead of / in addition to running Square here.
+    tol, zero_threshold : see :data:`DEFAULT_TOL` and :data:`ZERO_GRADIENT_FRACTION`.
+    """
+    eot = resolve_draws(model, eot_samples, 20)
+    stochastic = model_properties(model).stochastic
+    nondiff = model_properties(model).non_differentiable
+    scope = straight_through(model, bpda) if (nondiff and bpda) else contextlib.nullcontext()
+    common = dict(mc_samples=mc_samples, batch_size=batch_size)
+    wb = dict(common, eot_samples=eot if stochastic else None)
+
+    def acc(name: str, thr: ThreatModel = threat, **kw) -> float:
+        return run_attack(name, model, x, y, thr, generator=_child(generator), **wb, **kw).robust_accuracy
+
+    flags: list[Flag] = []
+    with scope:
+        _, grad = input_gradient(model, x, y, loss="cw", eot_samples=eot,
+                                 generator=_child(generator), targeted=threat.targeted)
+        flags.append(check_zero_gradients(grad, zero_threshold))
+        acc_fgsm = acc("fgsm")
+        acc_k = acc("pgd", steps=steps)
+        acc_4k = acc("pgd", steps=4 * steps)
+        flags.append(check_iterative_weaker(acc_fgsm, acc_k, tol))
+        flags.append(check_more_steps(acc_k, acc_4k, steps, tol))
+        if stochastic:
+            acc_4n = run_attack("pgd", model, x, y, threat, generator=_child(generator), steps=steps,
+                                eot_samples=4 * eot, **common).robust_accuracy
+            flags.append(check_more_eot(acc_k, acc_4n, eot, tol))
+        big = large_eps(threat, tuple(x.shape[1:]))
+        flags.append(check_large_eps(acc("pgd", threat.with_eps(big), steps=steps), big, tol))
+    white = min(acc_k, acc_4k, acc_fgsm) if whitebox_accuracy is None else whitebox_accuracy
+    others = dict(blackbox_accuracies or {})
+    if square_queries > 0 and threat.norm == "linf":
+        others["square"] = run_attack(
+            "square", model, x, y, threat, generator=_child(generator), n_queries=square_queries,
+            eot_samples=eot if stochastic else None, **common,
+        ).robust_accuracy
+    if others:
+        name, worst = min(others.items(), key=lambda kv: kv[1])
+        flags.append(check_blackbox_stronger(white, worst, name, tol))
+    return flags
