@@ -61,6 +61,7 @@ def add_quantizers(model: nn.Module, bits: Optional[int] = 3, *, per_channel: bo
         fq = FakeQuantize(bits, per_channel, mu=mu if use_mu else None, mu_mode=mu_mode,
                           surrogate=surrogate)
         parametrize.register_parametrization(module, "weight", fq)
+        module.weight_bits = bits if bits is not None else 32  # read by metrics.compression
         attach_export(module)
     return model
 
