@@ -49,10 +49,12 @@ Numerics: all-zero rows give all-zero outputs (no NaN); ``1 - (1 - p)^r`` is com
 we always draw at least once.
 
 ``torch.func``: :func:`sap` composes with ``torch.func.grad``/``vjp`` (the mask is computed from
-``h.detach()``). It does not run under ``torch.func.vmap`` with fresh randomness: the exact
-sampler compacts the draws that need a binary search (``nonzero``, a data-dependent shape) and
-torch's vmap does not support random ops with an explicit generator. Batch the samples in the
-first dimension instead: every row already gets an independent draw (``granularity="sample"``).
+``h.detach()``). ``method="bernoulli"`` also runs under ``torch.func.vmap`` (``randomness=
+"different"`` gives independent draws per vmapped sample, ``"same"`` one shared draw). The exact
+sampler does not run under ``vmap``: it uses in-place ``scatter_add_`` into a per-row table and
+compacts the draws that need a binary search (``nonzero``, a data-dependent shape), which vmap
+cannot batch. It needs no vmap: every row of the first dimension already gets an independent draw
+(``granularity="sample"``), so EOT stacks copies of the batch instead.
 """
 
 from __future__ import annotations
