@@ -18,3 +18,7 @@ from robustcompress.defenses import sap  # noqa: F401,E402
 from robustcompress.defenses import stochastic_baselines  # noqa: F401,E402
 from robustcompress.defenses import feedback_learning  # noqa: F401,E402
 from robustcompress.defenses import tensorization  # noqa: F401,E402
+from robustcompress.defenses import adversarial_training  # noqa: F401,E402
+from robustcompress.defenses import anp_vs  # noqa: F401,E402
+from robustcompress.defenses import feature_squeezing  # noqa: F401,E402
+from robustcompress.defenses import defensive_quantization  # noqa: F401,E402
