@@ -1,7 +1,175 @@
-"""CLI commands: experiments (see robustcompress.cli)."""
+"""CLI commands of the experiments layer: run, demo, reproduce, config, results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
+import yaml
+
+PAPERS = {
+    "tensorization": "Defensive tensorization (Bulat et al.)",
+    "sap": "Stochastic activation pruning (Dhillon et al., ICLR 2018)",
+    "sparse-dnns": "Sparse DNNs with improved adversarial robustness (Guo et al., NeurIPS 2018)",
+    "weight-quantization": "Adversarial robustness of weight-quantized networks (Song et al., AAAI-21 RSEML)",
+    "anp-vs": "Adversarial neural pruning with vulnerability suppression (Madaan et al., ICML 2020)",
+}
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("run")(run)
+    app.command("demo")(demo)
+    app.command("reproduce")(reproduce)
+    config_app = typer.Typer(help="Check, show and list experiment configs.", no_args_is_help=True)
+    config_app.command("check")(config_check)
+    config_app.command("show")(config_show)
+    config_app.command("list")(config_list)
+    app.add_typer(config_app, name="config")
+    app.command("results")(results)
+
+
+def run(
+    config: str = typer.Argument(..., help="YAML file, or the name of a shipped config (see `config list`)."),
+    output_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<name>)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (overrides the config)."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root (overrides the config and $ROBUSTCOMPRESS_DATA)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run a whole experiment: train, defend, attack, compare; resumable.
+
+    Re-running the same command skips every finished unit (trained models, defense variants,
+    evaluations), so an interrupted run loses at most the unit in progress.
+
+    Example: robustcompress run configs/quickstart.yaml
+    """
+    from robustcompress.experiments import find_config, load_config, run_experiment
+
+    cfg = _overrides(load_config(find_config(config)), device, data_dir)
+    run_experiment(cfg, progress=progress, output_dir=output_dir)
+
+
+def _overrides(cfg, device, data_dir):
+    upd = {}
+    if device:
+        upd["device"] = device
+    if data_dir:
+        upd["dataset"] = cfg.dataset.model_copy(update={"data_dir": data_dir})
+    return cfg.model_copy(update=upd) if upd else cfg
+
+
+def demo(
+    output_dir: str = typer.Option("runs/demo", "--out", help="Run folder."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The main job on the embedded digits data, in a few minutes on a laptop CPU.
+
+    Trains a small LeNet-5 on scikit-learn's 8x8 digits, applies every defense family
+    (adversarial training, tensorization, SAP, pruning, quantization, ANP-VS, ...), attacks every
+    variant with the papers' protocols and the adaptive evaluation, prints the leaderboard and
+    writes runs/demo/report.md and report.html.
+    """
+    from robustcompress.experiments import demo_config_path, load_config, run_experiment
+
+    cfg = _overrides(load_config(demo_config_path()), device, None)
+    run_experiment(cfg, progress=progress, output_dir=output_dir)
+
+
+def reproduce(
+    paper: str = typer.Argument(..., help=f"One of: {', '.join(PAPERS)}."),
+    scale: str = typer.Option("cpu", help="cpu (minutes on a laptop) or full (the paper's recipe, for a GPU)."),
+    output_dir: Optional[str] = typer.Option(None, "--out", help="Run folder."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root."),
+) -> None:
+    """Run a paper's configuration and print our numbers beside the paper's table values.
+
+    Example: robustcompress reproduce sap --scale cpu
+    """
+    from robustcompress.errors import UserInputError
+    from robustcompress.experiments import find_config, load_config, run_experiment
+
+    if paper not in PAPERS:
+        raise UserInputError(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}")
+    if scale not in ("cpu", "full"):
+        raise UserInputError("--scale must be cpu or full")
+    cfg = _overrides(load_config(find_config(f"{paper}-{scale}")), device, data_dir)
+    run_experiment(cfg, output_dir=output_dir)
+
+
+def config_check(path: str = typer.Argument(..., help="YAML config file.")) -> None:
+    """Validate a config: unknown keys, wrong types, unknown defenses/attacks, eps units."""
+    from robustcompress.experiments import expanded_dict, find_config, load_config
+
+    cfg = load_config(find_config(path))
+    d = expanded_dict(cfg)
+    typer.echo(f"{path}: OK ({len(d['variants'])} defense variant(s), "
+               f"{sum(len(t.eps) for t in cfg.evaluation.threats)} eps value(s), "
+               f"{len(cfg.evaluation.paper)} paper-protocol attack(s), adaptive={cfg.evaluation.adaptive})")
+
+
+def config_show(path: str = typer.Argument(..., help="YAML config file or shipped config name.")) -> None:
+    """Print the fully expanded config (all defaults, grids expanded into variants)."""
+    from robustcompress.experiments import expanded_dict, find_config, load_config
+
+    typer.echo(yaml.safe_dump(expanded_dict(load_config(find_config(path))), sort_keys=False))
+
+
+def config_list() -> None:
+    """List the ready configs shipped in configs/."""
+    from robustcompress.experiments.api import list_configs
+
+    for name, p in list_configs().items():
+        first = (yaml.safe_load(p.read_text()) or {}).get("description", "")
+        typer.echo(f"{name:28s} {first}")
+
+
+def results(
+    run_dir: str = typer.Argument(..., help="Run folder (holds results.db)."),
+    variant: Optional[str] = typer.Option(None, help="Filter by variant (* wildcard)."),
+    attack: Optional[str] = typer.Option(None, help="Filter by attack."),
+    protocol: Optional[str] = typer.Option(None, help="paper | adaptive | minimal | clean."),
+    export: Optional[str] = typer.Option(None, help="Write the rows to a .csv or .json file."),
+    metrics: bool = typer.Option(False, "--metrics", help="Show per-variant metrics instead of results."),
+) -> None:
+    """Query the results store of a run; export to CSV/JSON.
+
+    Example: robustcompress results runs/demo --protocol adaptive --export adaptive.csv
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from robustcompress.errors import UserInputError
+    from robustcompress.experiments import ResultsStore, export_rows
+
+    db = Path(run_dir) / "results.db"
+    if not db.exists():
+        raise UserInputError(f"{db} does not exist; give the folder of a run (e.g. runs/demo)")
+    with ResultsStore(db) as store:
+        rows = store.metrics(variant=variant) if metrics else store.results(
+            variant=variant, attack=attack, protocol=protocol)
+    if export:
+        export_rows(rows, export)
+        typer.echo(f"wrote {len(rows)} rows to {export}")
+        return
+    table = Table(title=f"{db} ({len(rows)} rows)")
+    cols = (["variant", "key", "value"] if metrics else
+            ["variant", "protocol", "attack", "norm", "eps_label", "run", "n", "clean_acc", "robust_acc",
+             "fooled_any", "mean_norm"])
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    Console().print(table)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return json.dumps(v)[:40]
+    return str(v)

@@ -1,0 +1,387 @@
+"""Experiment configuration: a validated YAML schema, grid expansion and error locations.
+
+One YAML file describes the whole pipeline (see ``configs/quickstart.yaml``)::
+
+    name: quickstart
+    seed: 0
+    dataset: {name: digits}
+    model: {name: lenet5}
+    training: {epochs: 10, optimizer: adam, lr: 0.001}
+    defenses:
+      - name: pgd_at                       # unique label of the variant
+        method: adversarial_training       # a registered defense (robustcompress defenses)
+        params: {eps: 0.3, steps: 10}
+      - name: sap
+        method: sap
+        base: pgd_at                       # start from another variant (ADV+SAP); default: base
+        grid: {frac: [1.0, 0.5]}           # expands into sap[frac=1.0], sap[frac=0.5]
+    evaluation:
+      n_samples: 500
+      threats: [{norm: linf, eps: [0.05, 0.1, "8/255"]}]
+      paper: [{attack: fgsm}, {attack: pgd, steps: 20}]
+      adaptive: true
+
+Validation errors name the key path, what is allowed, and the line in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robustcompress.errors import ConfigError
+
+EpsValue = Union[float, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSection(_Strict):
+    name: str = "digits"
+    data_dir: Optional[str] = None
+    train_limit: Optional[int] = Field(default=None, ge=1)
+    test_limit: Optional[int] = Field(default=None, ge=1)
+
+
+class ModelSection(_Strict):
+    name: str = "lenet5"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Optional[str] = None  # start from a trained checkpoint instead of training
+
+
+class DefenseSection(_Strict):
+    name: str
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    base: str = "base"
+    training: dict[str, Any] = Field(default_factory=dict)  # overrides for fine-tuning
+
+    @field_validator("name")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\[]= ") or v == "base":
+            raise ValueError("a defense name must be non-empty, not 'base', and contain no / \\ [ ] = or spaces")
+        return v
+
+
+class ThreatSection(_Strict):
+    norm: Literal["linf", "l2"] = "linf"
+    eps: list[EpsValue]
+    eps_scale: Optional[float] = None  # e.g. 255 when eps are given on the 0-255 scale
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return v if isinstance(v, list) else [v]
+
+
+class AttackItem(BaseModel):
+    """One attack of the paper protocol: ``attack`` plus any of its keyword parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    attack: str
+    eot: Optional[int] = Field(default=None, ge=1)  # gradient samples (paper protocol default 1)
+    mc: Optional[int] = Field(default=None, ge=1)  # prediction samples (paper protocol default 1)
+    norm: Optional[Literal["linf", "l2"]] = None  # restrict to threats of this norm
+
+    def attack_params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvaluationSection(_Strict):
+    n_samples: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    runs: int = Field(default=1, ge=1)  # repeated runs (papers average stochastic models over 10)
+    threats: list[ThreatSection] = Field(default_factory=list)
+    paper: list[AttackItem] = Field(default_factory=list)
+    adaptive: bool = True
+    adaptive_eps: Optional[list[EpsValue]] = None  # default: every eps of every threat
+    eot_samples: int = Field(default=20, ge=1)
+    mc_samples: int = Field(default=20, ge=1)
+    apgd_steps: int = Field(default=100, ge=1)
+    square_queries: int = Field(default=1000, ge=0)
+    minimal: list[Literal["deepfool", "cw"]] = Field(default_factory=list)  # r_2 attacks
+    transfer_from: Optional[str] = "base"  # surrogate for transfer attacks (a variant name or null)
+
+
+class MetricsSection(_Strict):
+    compression: bool = True
+    calibration: bool = True
+    vulnerability: bool = False
+    clever: bool = False
+    spectral: bool = True
+    latency_batch: int = Field(default=32, ge=1)
+
+
+class ReportSection(_Strict):
+    html: bool = True
+    main_eps: Optional[EpsValue] = None  # eps shown in the terminal leaderboard
+
+
+class MlflowSection(_Strict):
+    enabled: bool = False
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None
+
+
+class PaperRow(BaseModel):
+    """A value from a paper's table, printed beside ours by ``robustcompress reproduce``."""
+
+    model_config = ConfigDict(extra="forbid")
+    variant: str
+    attack: str
+    eps: Optional[EpsValue] = None
+    value: float
+    source: str = ""
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: Optional[str] = None
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields
+    defenses: list[DefenseSection] = Field(default_factory=list)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    report: ReportSection = Field(default_factory=ReportSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    paper_reference: list[PaperRow] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        seen: set[str] = set()
+        for i, d in enumerate(self.defenses):
+            if d.name in seen:
+                raise ValueError(f"defenses[{i}].name: duplicate defense name {d.name!r}; names must be unique")
+            seen.add(d.name)
+        names = {d.name for d in self.defenses} | {"base"}
+        for i, d in enumerate(self.defenses):
+            if d.base not in names:
+                raise ValueError(
+                    f"defenses[{i}].base: {d.base!r} is not 'base' or the name of another defense "
+                    f"({', '.join(sorted(names))})"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+def _line_of(node: yaml.Node, loc: tuple) -> Optional[int]:
+    """Line (1-based) of the YAML node at pydantic error location ``loc``, best effort."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    nxt = v
+                    line = k.start_mark.line + 1
+                    break
+            if nxt is None:
+                return line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _format_errors(err: ValidationError, root: Optional[yaml.Node], source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        path = ".".join(str(x) for x in loc) or "(top level)"
+        where = ""
+        if root is not None:
+            ln = _line_of(root, loc)
+            if ln:
+                where = f" (line {ln})"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling (see `robustcompress config show` for all keys)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}"
+        lines.append(f"{source}{where}: {path}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict, *, source: str = "<config>", root_node: Optional[yaml.Node] = None) -> ExperimentConfig:
+    """Validate a config dict; raise one :class:`ConfigError` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (name, dataset, model, ...)")
+    try:
+        cfg = ExperimentConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, root_node, source)) from None
+    _check_registries(cfg, source, root_node)
+    return cfg
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; ready configs are in configs/ "
+                          "(try `robustcompress config list`)")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cfg = parse_config(data or {}, source=str(path), root_node=root)
+    if cfg.output_dir is None:
+        cfg = cfg.model_copy(update={"output_dir": str(Path("runs") / cfg.name)})
+    return cfg
+
+
+def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
+    """Names that must exist in the registries (datasets, models, defenses, attacks, train keys)."""
+    from robustcompress.defenses import list_defenses
+
+    problems = []
+
+    def where(loc):
+        ln = _line_of(root, loc) if root is not None else None
+        return f"{source}" + (f" (line {ln})" if ln else "")
+
+    try:
+        from robustcompress.data import list_datasets
+
+        ds = list_datasets()
+        if cfg.dataset.name not in ds:
+            problems.append(f"{where(('dataset', 'name'))}: dataset.name: unknown dataset "
+                            f"{cfg.dataset.name!r}; choose one of {', '.join(sorted(ds))}")
+    except ImportError:  # pragma: no cover - data package always present
+        pass
+    from robustcompress.models import list_models
+
+    models = list_models()
+    if cfg.model.name not in models:
+        problems.append(f"{where(('model', 'name'))}: model.name: unknown model {cfg.model.name!r}; "
+                        f"choose one of {', '.join(models)}")
+    defenses = list_defenses()
+    for i, d in enumerate(cfg.defenses):
+        if d.method not in defenses:
+            problems.append(f"{where(('defenses', i, 'method'))}: defenses[{i}].method: unknown defense "
+                            f"{d.method!r}; choose one of {', '.join(defenses)}")
+            continue
+        spec = defenses[d.method]
+        for combo in expand_grid(d.grid) or [{}]:
+            try:
+                spec.Params(**{**d.params, **combo})
+            except ValidationError as e:
+                for err in e.errors():
+                    key = ".".join(str(x) for x in err["loc"])
+                    fields = ", ".join(sorted(spec.Params.model_fields))
+                    msg = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+                    problems.append(f"{where(('defenses', i, 'params', key))}: defenses[{i}].params.{key}: "
+                                    f"{msg} (parameters of {d.method!r}: {fields})")
+                break
+    try:
+        from robustcompress.attacks import list_attacks
+
+        attacks = list_attacks()
+        for i, a in enumerate(cfg.evaluation.paper):
+            if a.attack not in attacks:
+                problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
+                                f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from robustcompress.training import TrainConfig
+
+        TrainConfig(**cfg.training)
+    except ImportError:  # pragma: no cover
+        pass
+    except ValidationError as e:
+        for err in e.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{where(('training', key))}: training.{key}: {msg}")
+    problems += _check_eps_units(cfg, source, where)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _check_eps_units(cfg: ExperimentConfig, source: str, where) -> list[str]:
+    """Parse every eps now, so wrong units (eps=8 on [0,1] images) fail before any training."""
+    from robustcompress.data import DATASETS
+
+    if cfg.dataset.name not in DATASETS:  # reported elsewhere
+        return []
+    bounds = DATASETS[cfg.dataset.name].bounds
+    from robustcompress.attacks import ThreatModel
+    from robustcompress.errors import UserInputError
+
+    out = []
+    for i, t in enumerate(cfg.evaluation.threats):
+        for j, eps in enumerate(t.eps):
+            try:
+                ThreatModel.from_spec(norm=t.norm, eps=eps, bounds=bounds, eps_scale=t.eps_scale)
+            except UserInputError as e:
+                out.append(f"{where(('evaluation', 'threats', i, 'eps', j))}: evaluation.threats[{i}].eps[{j}]: {e}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Expansion
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of a ``{param: [values]}`` grid, in key order."""
+    if not grid:
+        return []
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def _fmt(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v
+
+
+def variant_label(name: str, combo: dict[str, Any]) -> str:
+    if not combo:
+        return name
+    return name + "[" + ",".join(f"{k}={_fmt(v)}" for k, v in combo.items()) + "]"
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """Short sha256 of a JSON-serialisable object (sorted keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def expanded_dict(cfg: ExperimentConfig) -> dict:
+    """The fully expanded configuration (what ``config show`` prints)."""
+    d = cfg.model_dump(mode="json")
+    from robustcompress.training import TrainConfig
+
+    d["training"] = TrainConfig(**cfg.training).model_dump(mode="json")
+    variants = []
+    for dfn in cfg.defenses:
+        from robustcompress.defenses import get_defense
+
+        spec = get_defense(dfn.method)
+        for combo in expand_grid(dfn.grid) or [{}]:
+            params = spec.Params(**{**dfn.params, **combo}).model_dump(mode="json")
+            variants.append({"variant": variant_label(dfn.name, combo), "method": dfn.method,
+                             "base": dfn.base, "params": params})
+    d["variants"] = variants
+    return d

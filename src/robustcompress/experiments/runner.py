@@ -1,0 +1,493 @@
+"""The runner: one config -> trained base -> defended variants -> evaluations -> store -> report.
+
+Units of work and their dependencies::
+
+    base model ──> defense variant ──> (variant that builds on it, e.g. ADV+SAP)
+        │                 │
+        └──> metrics      └──> metrics, paper-protocol attacks, adaptive evaluation, r_2
+
+Every unit has a key (hash of exactly the configuration it depends on). A model unit is finished
+when its checkpoint (safetensors + JSON, written atomically) exists; an evaluation unit when its
+rows are committed to the results store together with its done-mark. A re-run skips finished
+units, so Ctrl-C or ``kill -9`` loses at most the unit in progress, and no row is duplicated.
+
+Randomness: every evaluation batch draws from its own generator seeded by
+``hash(seed, unit, batch index)``, so results do not depend on how batches are spread over
+processes (see :mod:`robustcompress.experiments.distributed`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from robustcompress.experiments import distributed as dist_util
+from robustcompress.experiments.config import (
+    ExperimentConfig,
+    expand_grid,
+    stable_hash,
+    variant_label,
+)
+from robustcompress.experiments.store import ResultRow, ResultsStore
+
+BASE = "base"
+
+
+@dataclass
+class VariantPlan:
+    """A defense step of the plan (before its variants are known)."""
+
+    name: str  # label incl. grid combo, e.g. "sap[frac=1.0]"
+    method: str
+    params: dict[str, Any]
+    parent: str  # label of the model it starts from ("base" or another defense name/label)
+    training: dict[str, Any]
+    key: str = ""
+
+
+@dataclass
+class Variant:
+    """A concrete model to evaluate."""
+
+    label: str
+    key: str
+    model: nn.Module
+    method: Optional[str] = None
+    parent: Optional["Variant"] = None
+
+
+@dataclass
+class RunSummary:
+    output_dir: Path
+    variants: list[str]
+    units_run: int
+    units_skipped: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    unit_keys: list[str] = field(default_factory=list)
+
+
+def _seed_for(*parts: Any) -> int:
+    return int(stable_hash(list(parts), n=15), 16)
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+
+
+class Runner:
+    """Runs an :class:`ExperimentConfig` end to end (see the module docstring)."""
+
+    def __init__(self, cfg: ExperimentConfig, *, progress: bool = True, console=None,
+                 log: Optional[Callable[[str], None]] = None):
+        from robustcompress.device import resolve_device
+
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.output_dir or Path("runs") / cfg.name)
+        self.device = resolve_device(cfg.device)
+        self.console = console
+        self._log = log or (lambda msg: None)
+        self.stage_seconds: dict[str, float] = {}
+        self.units_run = 0
+        self.units_skipped = 0
+        self.unit_keys: list[str] = []
+        self.rank, self.world = dist_util.rank_and_world()
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            self._log(msg)
+
+    def _timed(self, stage: str, t0: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ plan
+    def ordered_defenses(self):
+        """Defense sections in dependency order (a defense after the one it builds on)."""
+        done, out, pending = {BASE}, [], list(self.cfg.defenses)
+        while pending:
+            ready = [d for d in pending if d.base in done]
+            for d in ready:
+                out.append(d)
+                done.add(d.name)
+                pending.remove(d)
+        return out
+
+    def base_key(self) -> str:
+        c = self.cfg
+        return stable_hash([c.dataset.model_dump(), c.model.model_dump(), c.training, c.seed])
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunSummary:
+        from robustcompress.data import load_dataset
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=2))
+        t0 = time.perf_counter()
+        ds = self.cfg.dataset
+        self.dataset = load_dataset(ds.name, ds.data_dir, train_limit=ds.train_limit,
+                                    test_limit=ds.test_limit)
+        self._timed("data", t0)
+        store = ResultsStore(self.out / "results.db")
+        try:
+            variants = self.build_models()
+            self.evaluate_all(variants, store)
+        finally:
+            store.close()
+        return RunSummary(self.out, [v.label for v in variants], self.units_run, self.units_skipped,
+                          dict(self.stage_seconds), list(self.unit_keys))
+
+    # ------------------------------------------------------------------ models
+    def _ckpt(self, key: str, label: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+        return self.out / "models" / f"{safe}-{key}"
+
+    def build_models(self) -> list[Variant]:
+        """Train (or load) the base model, then every defense variant, parents first."""
+        from robustcompress.training import load_checkpoint
+
+        t0 = time.perf_counter()
+        base = Variant(BASE, self.base_key(), self.train_base())
+        self._timed("train base", t0)
+        produced: dict[str, list[Variant]] = {BASE: [base]}
+        variants = [base]
+        for d in self.ordered_defenses():
+            t0 = time.perf_counter()
+            produced[d.name] = []
+            for parent in produced[d.base]:
+                for combo in expand_grid(d.grid) or [{}]:
+                    label = variant_label(d.name, combo)
+                    if parent.label != BASE:
+                        label = f"{parent.label}+{label}"
+                    params = {**d.params, **combo}
+                    key = stable_hash([parent.key, d.method, params, d.training])
+                    step = VariantPlan(label, d.method, params, parent.label, dict(d.training), key)
+                    index_path = self._ckpt(key, label).with_suffix(".variants.json")
+                    if index_path.exists():
+                        self.units_skipped += 1
+                        entries = json.loads(index_path.read_text())
+                        new = [Variant(e["label"], e["key"], load_checkpoint(e["path"], device=self.device),
+                                       d.method, parent) for e in entries]
+                        self.log(f"[skip] {label}: already built")
+                    else:
+                        self.log(f"[defense] {label} ({d.method}) from {parent.label}")
+                        new = self.apply_defense(step, parent, index_path)
+                        self.units_run += 1
+                    produced[d.name] += new
+                    variants += new
+            self._timed(f"defense {d.method}", t0)
+        return variants
+
+    def train_base(self) -> nn.Module:
+        from robustcompress.models import build_model
+        from robustcompress.training import TrainConfig, fit, load_checkpoint, save_checkpoint
+
+        cfg = self.cfg
+        if cfg.model.checkpoint:
+            return load_checkpoint(cfg.model.checkpoint, device=self.device)
+        path = self._ckpt(self.base_key(), BASE)
+        if path.with_suffix(".json").exists():
+            self.units_skipped += 1
+            self.log("[skip] base model already trained")
+            return load_checkpoint(path, device=self.device)
+        torch.manual_seed(cfg.seed)  # weight init of the fresh model (documented: the only global seeding)
+        model = build_model(cfg.model.name, self.dataset.info, **cfg.model.kwargs)
+        tcfg = TrainConfig(**{"seed": cfg.seed, **cfg.training})
+        self.log(f"[train] base {cfg.model.name} on {cfg.dataset.name} for {tcfg.epochs} epoch(s)")
+        res = fit(model, self.dataset, tcfg, checkpoint_dir=self.out / "train" / f"base-{self.base_key()}",
+                  device=self.device, progress=self.progress and self.rank == 0)
+        model = res.model
+        if self.rank == 0:
+            save_checkpoint(model, path, {"config": tcfg.model_dump(mode="json"), "metrics": res.metrics,
+                                          "dataset": self.dataset.info.to_dict()})
+        dist_util.barrier()
+        self.units_run += 1
+        return model
+
+    def apply_defense(self, step: VariantPlan, parent: Variant, index_path: Path) -> list[Variant]:
+        """Run one defense step and save every model it returns (atomically, then the index)."""
+        from robustcompress.defenses import DefenseContext, get_defense
+        from robustcompress.training import TrainConfig, fit, save_checkpoint
+
+        spec = get_defense(step.method)
+        params = spec.Params(**step.params)
+        workdir = self.out / "train" / f"{self.label_safe(step.name)}-{step.key}"
+        train_settings = {"seed": self.cfg.seed, **self.cfg.training, **step.training}
+
+        def ctx_fit(model, objective=None, **overrides):
+            tcfg = TrainConfig(**{**train_settings, **overrides})
+            sub = workdir / stable_hash([tcfg.model_dump(mode="json"), repr(objective)])
+            return fit(model, self.dataset, tcfg, objective=objective, checkpoint_dir=sub,
+                       device=self.device, progress=self.progress and self.rank == 0).model
+
+        ctx = DefenseContext(dataset=self.dataset, device=self.device, seed=self.cfg.seed,
+                             workdir=workdir, fit=ctx_fit, progress=self.progress,
+                             base_models={parent.label: parent.model})
+        outputs = spec.apply(copy.deepcopy(parent.model), params, ctx)
+        entries, produced = [], []
+        for suffix, model in outputs.items():
+            label = step.name if not suffix else f"{step.name}/{suffix}"
+            key = stable_hash([step.key, suffix])
+            recipe = list(getattr(model, "robustcompress_defenses", []))
+            path = self._ckpt(key, label)
+            if self.rank == 0:
+                save_checkpoint(model, path, {"variant": label, "defense": step.method,
+                                              "params": params.model_dump(mode="json"),
+                                              "dataset": self.dataset.info.to_dict(), "recipe": recipe})
+            entries.append({"label": label, "key": key, "path": str(path)})
+            produced.append(Variant(label, key, model.to(self.device), step.method, parent))
+        if self.rank == 0:
+            tmp = index_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(entries, indent=2))
+            tmp.replace(index_path)
+        dist_util.barrier()
+        return produced
+
+    @staticmethod
+    def label_safe(label: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_data(self):
+        n = min(self.cfg.evaluation.n_samples, len(self.dataset.test))
+        split = self.dataset.test.subset(n)
+        return split.x, split.y
+
+    def threats(self):
+        from robustcompress.attacks import ThreatModel
+
+        out = []
+        for t in self.cfg.evaluation.threats:
+            for eps in t.eps:
+                tm = ThreatModel.from_spec(norm=t.norm, eps=eps, info=self.dataset.info, eps_scale=t.eps_scale)
+                label = str(eps) if t.eps_scale is None else f"{eps}/{t.eps_scale:g}"
+                out.append((tm, label))
+        return out
+
+    def evaluate_all(self, variants: list[Variant], store: ResultsStore) -> None:
+        x, y = self.eval_data()
+        surrogate = next((v.model for v in variants if v.label == self.cfg.evaluation.transfer_from), None)
+        for v in variants:
+            v.model.eval()
+            self._unit(store, "metrics", v, [], lambda w, v=v: self.variant_metrics(w, v, x, y))
+            self._unit(store, "clean", v, [], lambda w, v=v: self.clean_eval(w, v, x, y))
+            for threat, eps_label in self.threats():
+                for item in self.cfg.evaluation.paper:
+                    if item.norm and item.norm != threat.norm:
+                        continue
+                    for run in range(self.cfg.evaluation.runs):
+                        self._unit(store, "paper", v, [item.model_dump(), threat.norm, eps_label, run],
+                                   lambda w, v=v, item=item, t=threat, e=eps_label, r=run:
+                                   self.paper_attack(w, v, x, y, item, t, e, r))
+                if self.cfg.evaluation.adaptive and self._adaptive_eps(eps_label):
+                    sur = surrogate if (surrogate is not None and v.label != self.cfg.evaluation.transfer_from) else None
+                    self._unit(store, "adaptive", v, [threat.norm, eps_label, sur is not None],
+                               lambda w, v=v, t=threat, e=eps_label, s=sur: self.adaptive(w, v, x, y, t, e, s))
+            for attack in self.cfg.evaluation.minimal:
+                self._unit(store, "minimal", v, [attack],
+                           lambda w, v=v, a=attack: self.minimal(w, v, x, y, a))
+
+    def _adaptive_eps(self, eps_label: str) -> bool:
+        wanted = self.cfg.evaluation.adaptive_eps
+        return wanted is None or eps_label in {str(e) for e in wanted}
+
+    def _unit(self, store: ResultsStore, kind: str, v: Variant, spec: list, fn) -> None:
+        ev = self.cfg.evaluation
+        settings = [ev.n_samples, ev.batch_size, ev.eot_samples, ev.mc_samples, ev.apgd_steps,
+                    ev.square_queries, self.cfg.seed]
+        if kind == "metrics":
+            settings = [ev.n_samples, self.cfg.metrics.model_dump()]
+        unit = stable_hash([kind, v.key, spec, settings])
+        self.unit_keys.append(unit)
+        if store.is_done(unit):
+            self.units_skipped += 1
+            return
+        t0 = time.perf_counter()
+        if self.rank == 0:
+            with store.unit(unit, kind, v.label) as w:
+                fn(w)
+        else:
+            fn(_NullWriter())
+        dist_util.barrier()
+        self.units_run += 1
+        self._timed(f"eval {kind}", t0)
+
+    # -- one unit each ---------------------------------------------------------------------
+    def _mc(self, v: Variant, default: int) -> int:
+        from robustcompress.nn import is_stochastic
+
+        return default if is_stochastic(v.model) else 1
+
+    def _per_batch(self, unit_seed: list, x: torch.Tensor, y: torch.Tensor, fn) -> list:
+        """Apply ``fn(xb, yb, generator)`` batch by batch with per-batch generators (sharded)."""
+        outs = []
+        slices = batch_slices(len(y), self.cfg.evaluation.batch_size)
+        for b in dist_util.my_indices(len(slices)):
+            sl = slices[b]
+            g = torch.Generator(device=self.device).manual_seed(_seed_for(self.cfg.seed, unit_seed, b))
+            xb, yb = x[sl].to(self.device), y[sl].to(self.device)
+            outs.append((b, fn(xb, yb, g)))
+        return dist_util.gather_ordered(outs)
+
+    def _predict_draws(self, model, x, draws: int, g) -> torch.Tensor:
+        """Per-draw predictions [draws, B] and the MC-averaged prediction [B]."""
+        from robustcompress.nn import use_generator
+
+        with torch.no_grad(), use_generator(model, g):
+            probs = torch.stack([torch.softmax(model(x), dim=1) for _ in range(draws)])
+        return probs.argmax(-1), probs.mean(0).argmax(-1), probs.mean(0)
+
+    def clean_eval(self, w, v: Variant, x, y) -> None:
+        mc = self._mc(v, self.cfg.evaluation.mc_samples)
+        parts = self._per_batch(["clean", v.key], x, y, lambda xb, yb, g: self._clean_batch(v, xb, yb, g, mc))
+        correct = torch.cat([p[0] for p in parts])
+        single = torch.cat([p[1] for p in parts])
+        w.add_result(ResultRow(v.label, "none", "clean", "none", 0.0, "0", 0, len(correct),
+                               clean_acc=correct.float().mean().item(),
+                               robust_acc=correct.float().mean().item(),
+                               extra={"mc_samples": mc, "single_draw_acc": single.float().mean().item()}))
+
+    def _clean_batch(self, v, xb, yb, g, mc):
+        per_draw, avg, _ = self._predict_draws(v.model, xb, mc, g)
+        return (avg == yb).cpu(), (per_draw[0] == yb).cpu()
+
+    def paper_attack(self, w, v: Variant, x, y, item, threat, eps_label: str, run: int) -> None:
+        """One attack of the paper protocol: ``eot`` gradient draws (default 1), ``mc`` draws for the
+        verdict (default 1), i.e. the plain protocol the papers used unless the config says more."""
+        from robustcompress.attacks import run_attack
+
+        eot, mc = item.eot or 1, item.mc or 1
+        params = item.attack_params()
+        t0 = time.perf_counter()
+
+        def one(xb, yb, g):
+            res = run_attack(item.attack, v.model, xb, yb, threat, generator=g, eot_samples=eot,
+                             mc_samples=mc, **params)
+            return ~res.success.cpu(), res.fooled_any.cpu(), res.norm.cpu()
+
+        parts = self._per_batch(["paper", v.key, item.model_dump(), threat.norm, eps_label, run], x, y, one)
+        robust, fooled, norms = (torch.cat([p[i] for p in parts]) for i in range(3))
+        w.add_result(ResultRow(v.label, item.attack, "paper", threat.norm, threat.eps, eps_label, run,
+                               len(robust), robust_acc=robust.float().mean().item(),
+                               fooled_any=fooled.float().mean().item(),
+                               mean_norm=norms.mean().item(), median_norm=norms.median().item(),
+                               seconds=time.perf_counter() - t0,
+                               extra={"eot": eot, "mc": mc, "params": params}))
+
+    def adaptive(self, w, v: Variant, x, y, threat, eps_label: str, surrogate) -> None:
+        from robustcompress.attacks import evaluate_robustness
+
+        ev = self.cfg.evaluation
+        t0 = time.perf_counter()
+
+        def one(xb, yb, g):
+            return evaluate_robustness(v.model, xb, yb, threat, surrogate_model=surrogate,
+                                       eot_samples=ev.eot_samples, mc_samples=ev.mc_samples,
+                                       apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
+                                       generator=g, progress=False)
+
+        reports = self._per_batch(["adaptive", v.key, threat.norm, eps_label], x, y, one)
+        for row in adaptive_rows(reports, v.label, threat, eps_label, time.perf_counter() - t0):
+            w.add_result(row)
+
+    def minimal(self, w, v: Variant, x, y, attack: str) -> None:
+        """r_2 of Guo et al.: mean L2 norm of the minimal adversarial perturbation found by
+        DeepFool or C&W on correctly classified points (absolute and relative to ||x||)."""
+        from robustcompress.attacks import ThreatModel, run_attack
+
+        info = self.dataset.info
+        width = info.bounds[1] - info.bounds[0]
+        unbounded = ThreatModel.from_spec(norm="l2", eps=width * float(torch.tensor(info.shape).prod()) ** 0.5,
+                                          info=info)
+        t0 = time.perf_counter()
+
+        def one(xb, yb, g):
+            with torch.no_grad():
+                correct = (v.model(xb).argmax(1) == yb).cpu()
+            res = run_attack(attack, v.model, xb, yb, unbounded, generator=g)
+            norms = res.norm.cpu()
+            rel = norms / xb.flatten(1).norm(dim=1).clamp_min(1e-12).cpu()
+            return res.success.cpu(), norms, rel, correct
+
+        parts = self._per_batch(["minimal", v.key, attack], x, y, one)
+        ok, norms, rel, correct = (torch.cat([p[i] for p in parts]) for i in range(4))
+        sel = ok & correct
+        found = bool(sel.any())
+        w.add_result(ResultRow(v.label, attack, "minimal", "l2", 0.0, "min", 0, int(correct.sum()),
+                               mean_norm=norms[sel].mean().item() if found else None,
+                               median_norm=norms[sel].median().item() if found else None,
+                               seconds=time.perf_counter() - t0,
+                               extra={"r2_relative": rel[sel].mean().item() if found else None,
+                                      "found": int(sel.sum())}))
+
+    def variant_metrics(self, w, v: Variant, x, y) -> None:
+        from robustcompress.experiments import collect_metrics
+
+        g = torch.Generator(device=self.device).manual_seed(_seed_for(self.cfg.seed, "metrics", v.key))
+        reference = v.parent.model if v.parent is not None else None
+        for key, value, extra in collect_metrics(v.model, self.dataset.info, x, y, self.cfg, self.device,
+                                                 generator=g, reference=reference):
+            w.add_metric(v.label, key, value, extra)
+
+
+class _NullWriter:
+    def add_result(self, row):
+        pass
+
+    def add_metric(self, *a, **k):
+        pass
+
+
+def _norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: float) -> list[ResultRow]:
+    """Aggregate per-batch adaptive reports into one row per attack plus the worst case."""
+    per_attack: dict[str, list[torch.Tensor]] = {}
+    worst, clean, fooled_any = [], [], []
+    settings: dict[str, Any] = {}
+    flags: dict[str, bool] = {}
+    for rep in reports:
+        d = rep.per_sample()  # {"clean": bool[B], "attacks": {name: robust bool[B]}, "worst": bool[B]}
+        clean.append(d["clean"])
+        worst.append(d["worst"])
+        if "fooled_any" in d:
+            fooled_any.append(d["fooled_any"])
+        for name, robust in d["attacks"].items():
+            per_attack.setdefault(name, []).append(robust)
+        settings = rep.settings_dict()
+        for f in rep.flag_list():
+            flags[f["name"]] = flags.get(f["name"], False) or bool(f["raised"])
+    clean_t = torch.cat(clean).float()
+    rows = []
+    for name, parts in per_attack.items():
+        r = torch.cat(parts).float()
+        rows.append(ResultRow(label, name, "adaptive", threat.norm, threat.eps, eps_label, 0, len(r),
+                              clean_acc=clean_t.mean().item(), robust_acc=r.mean().item(),
+                              extra={"settings": settings}))
+    wt = torch.cat(worst).float()
+    extra = {"settings": settings, "masking_flags": flags}
+    rows.append(ResultRow(label, "worst-case", "adaptive", threat.norm, threat.eps, eps_label, 0, len(wt),
+                          clean_acc=clean_t.mean().item(), robust_acc=wt.mean().item(),
+                          fooled_any=torch.cat(fooled_any).float().mean().item() if fooled_any else None,
+                          seconds=seconds, extra=extra))
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return m, math.sqrt(var)
