@@ -1,7 +1,195 @@
-"""CLI commands: attack (see robustcompress.cli)."""
+"""CLI command ``attack``: run one registered attack on a checkpoint and report robust accuracy.
+
+Thin: parses options, builds the threat model from the checkpoint's dataset, calls
+:func:`robustcompress.attacks.run_attack`, prints a rich table and optionally writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
+from robustcompress.errors import UserInputError
+
+
+def _value(text: str) -> Any:
+    """``--param k=v`` values: JSON where it parses (numbers, true/false, lists), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["steps=40", "loss=dlr"]`` -> ``{"steps": 40, "loss": "dlr"}``."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserInputError(f"--param expects key=value (e.g. --param decay=0.9), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = _value(v.strip())
+    return out
+
+
+def attack_cmd(
+    checkpoint: str = typer.Option(..., help="Checkpoint written by `train` (run folder or its model.json)."),
+    attack: str = typer.Option("pgd", help="Attack name: fgsm, bim, pgd, mim, rfgsm, apgd, apgd-t, "
+                               "transfer, gaussian, uniform, ... (see `robustcompress attacks`)."),
+    eps: str = typer.Option(..., help="Budget in input units (0.03, 8/255), or on the --eps-scale scale."),
+    eps_scale: Optional[float] = typer.Option(None, help="Give --eps on a 0..S scale of the box, e.g. 255."),
+    norm: str = typer.Option("linf", help="linf | l2."),
+    steps: Optional[int] = typer.Option(None, help="Iterations (iterative attacks)."),
+    step_size: Optional[float] = typer.Option(None, help="Step in input units (iterative attacks)."),
+    restarts: Optional[int] = typer.Option(None, help="Random restarts (pgd, apgd)."),
+    loss: Optional[str] = typer.Option(None, help="ce | dlr | cw (gradient attacks)."),
+    paper: bool = typer.Option(False, help="BIM: Kurakin et al.'s schedule (step 1/255, min(eps+4, 1.25 eps) steps)."),
+    param: list[str] = typer.Option([], "--param", help="Any other attack parameter, key=value (repeatable)."),
+    surrogate: Optional[str] = typer.Option(None, help="Surrogate checkpoint for --attack transfer."),
+    eot: Optional[int] = typer.Option(None, "--eot", min=1, help="EOT draws per gradient (stochastic models; default 20 there)."),
+    mc: Optional[int] = typer.Option(None, "--mc", min=1, help="Draws averaged for the verdict (stochastic models; default 20)."),
+    n: int = typer.Option(1000, "--n", min=1, help="Attack the first N test samples (class-stratified subset)."),
+    batch_size: int = typer.Option(256, min=1, help="Inputs per attack batch."),
+    seed: int = typer.Option(0, help="Seed of every random choice (random starts, model noise)."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the results to this JSON file."),
+) -> None:
+    """Attack a checkpoint and print clean accuracy, robust accuracy and perturbation sizes.
+
+    Example: robustcompress attack --checkpoint runs/lenet5 --attack pgd --eps 0.3 --steps 40
+
+    Example: robustcompress attack --checkpoint runs/resnet20 --attack apgd --eps 8 --eps-scale 255
+    """
+    import torch
+
+    from robustcompress.attacks import ThreatModel, get_attack, mc_predict, run_attack
+    from robustcompress.device import resolve_device
+
+    spec = get_attack(attack)
+    params = parse_params(param)
+    for key, value in (("steps", steps), ("step_size", step_size), ("restarts", restarts), ("loss", loss)):
+        if value is not None:
+            params[key] = value
+    if paper:
+        params["paper"] = True
+    dev = resolve_device(device)
+    model, info, x, y = _load_model_and_data(checkpoint, data_dir, n, dev)
+    if spec.kind == "transfer":
+        if surrogate is None:
+            raise UserInputError("--attack transfer needs --surrogate CHECKPOINT (the model the attacker knows)")
+        params["surrogate"] = _load_model_and_data(surrogate, data_dir, 1, dev, info=info)[0]
+    elif surrogate is not None:
+        raise UserInputError("--surrogate only applies to --attack transfer")
+    threat = ThreatModel.from_spec(norm, eps, info, eps_scale=eps_scale)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        clean = mc_predict(model, x, mc_samples=mc, generator=gen, batch_size=batch_size).argmax(1) == y
+    res = run_attack(spec.name, model, x, y, threat, generator=gen, eot_samples=eot, mc_samples=mc,
+                     batch_size=batch_size, **params)
+    summary = res.summary()
+    summary["params"] = {k: v for k, v in summary["params"].items() if not isinstance(v, torch.nn.Module)}
+    report = {
+        "checkpoint": str(checkpoint),
+        "dataset": info.name,
+        "attack": spec.name,
+        "threat": {"norm": threat.norm, "eps": threat.eps, "eps_255": threat.eps_255,
+                   "bounds": list(threat.bounds), "spec": eps, "eps_scale": eps_scale},
+        "seed": seed,
+        "clean_accuracy": float(clean.double().mean()),
+        **{k: v for k, v in summary.items() if k != "attack"},
+        "robust_and_clean": float((clean & ~res.success).double().mean()),
+    }
+    _print(report)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str))
+        typer.echo(f"wrote {path}")
+
+
+def _load_model_and_data(checkpoint: str, data_dir: Optional[str], n: int, dev, info=None):
+    """The checkpoint's model on ``dev`` and the first ``n`` test samples of its dataset."""
+    from robustcompress.data import load_dataset
+    from robustcompress.data.info import DatasetInfo
+    from robustcompress.training import load_checkpoint
+    from robustcompress.training.checkpoint import read_checkpoint_meta
+
+    doc = read_checkpoint_meta(checkpoint)
+    ck_info = DatasetInfo.from_dict(doc["spec"]["info"])
+    if info is not None:
+        if tuple(ck_info.shape) != tuple(info.shape) or ck_info.num_classes != info.num_classes:
+            raise UserInputError(
+                f"the surrogate {checkpoint} takes {ck_info.name} inputs {tuple(ck_info.shape)} with "
+                f"{ck_info.num_classes} classes, the target {info.name} {tuple(info.shape)} with "
+                f"{info.num_classes}; use a surrogate trained on the same data")
+        return load_checkpoint(checkpoint, device=dev), ck_info, None, None
+    data = load_dataset(ck_info.name, root=data_dir, test_limit=n)
+    if tuple(data.info.shape) != tuple(ck_info.shape) or data.info.num_classes != ck_info.num_classes:
+        raise UserInputError(
+            f"the checkpoint's model takes {ck_info.name} inputs of shape {tuple(ck_info.shape)} with "
+            f"{ck_info.num_classes} classes, but the data found has shape {tuple(data.info.shape)}; "
+            "point --data-dir at the dataset it was trained on")
+    split = data.test.subset(n)
+    model = load_checkpoint(checkpoint, device=dev)
+    return model, data.info, split.x.to(dev), split.y.to(dev).long()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def _print(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{report['attack']} on {report['dataset']} ({report['n']} samples), "
+                    f"{report['threat']['norm']} eps={report['threat']['eps']:.5g} "
+                    f"({report['threat']['eps_255']:.3g}/255)", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("", justify="right")
+    rows = [
+        ("clean accuracy", report["clean_accuracy"]),
+        ("robust accuracy", report["robust_accuracy"]),
+        ("fooled in >= 1 draw", report["fooled_any_rate"]),
+        ("mean perturbation norm", report["norm_mean"]),
+        ("median perturbation norm", report["norm_median"]),
+        ("time (s)", report["time_s"]),
+        ("parameters", ", ".join(f"{k}={v}" for k, v in report["params"].items())),
+    ]
+    for k, v in rows:
+        t.add_row(k, _fmt(v))
+    Console().print(t)
+
+
+def attacks_cmd() -> None:
+    """List the registered attacks with their kind and parameters.
+
+    Example: robustcompress attacks
+    """
+    import inspect
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from robustcompress.attacks import list_attacks
+
+    t = Table(title="robustcompress attacks")
+    t.add_column("name", style="bold")
+    t.add_column("kind")
+    t.add_column("description")
+    t.add_column("parameters (defaults)")
+    for name, spec in list_attacks().items():
+        ps = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v}" for k, v in spec.parameters.items())
+        t.add_row(name, spec.kind, spec.doc, ps)
+    Console().print(t)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("attack")(attack_cmd)
+    app.command("attacks")(attacks_cmd)
