@@ -5,7 +5,9 @@ Two layouts are read:
 * the canonical ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py/`` folder
   (``data_batch_1..5``, ``test_batch``, ``batches.meta``). The batches are Python pickles; they are
   parsed by a restricted unpickler that only builds dicts, lists, strings, numbers and *inert
-  stand-ins* for numpy arrays (raw bytes + shape + dtype), so a malicious file cannot run code;
+  stand-ins* for numpy arrays (raw bytes + shape + plain numeric dtype) and for latin-1
+  ``_codecs.encode`` (how Python 3 protocol-2 pickles store bytes), so a malicious file cannot
+  run code: any other global is refused with a DataError;
 * an image-folder archive ``train/<class>/*.jpg``, ``test/<class>/...`` (folder or .tar/.tar.gz),
   such as ``../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz``. That copy is **lossy** (JPEG q75,
   4:2:0): :attr:`DatasetInfo.note` says so, and its results are not comparable to published
@@ -81,7 +83,24 @@ class _DtypeStandIn:
         return np.dtype(("<" if self.order in ("|", "<", "=") else ">") + self.code)
 
 
+def _latin1_encode(text, encoding="latin1"):
+    """What ``_codecs.encode`` becomes: Python 3 protocol-2 pickles store bytes this way."""
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "") != "latin1":
+        raise ValueError("only latin1 str -> bytes is allowed")
+    return text.encode("latin1")
+
+
+def _frombuffer(buf, dtype, shape, order):
+    """What numpy's protocol-5 ``_frombuffer`` becomes (a copy of plain numeric data)."""
+    if not isinstance(dtype, _DtypeStandIn):
+        raise ValueError("unexpected dtype")
+    return np.frombuffer(bytes(buf), dtype=dtype.to_numpy()).reshape(shape, order=order)
+
+
 _ALLOWED = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy.core.multiarray", "_reconstruct"): _ArrayStandIn,
     ("numpy._core.multiarray", "_reconstruct"): _ArrayStandIn,
     ("numpy", "ndarray"): object,

@@ -62,9 +62,10 @@ def fetch_url(url: str, dest: Path, chunk: int = 1 << 20) -> None:
         shutil.copyfileobj(r, f, chunk)
 
 
-def download_resource(res: Resource, root: Path, *, fetch: Fetch = fetch_url,
+def download_resource(res: Resource, root: Path, *, fetch: Optional[Fetch] = None,
                       force: bool = False) -> Path:
     """Download one resource into ``root/res.subdir`` unless a verified copy is already there."""
+    fetch = fetch or fetch_url
     dest = Path(root) / res.subdir / res.filename
     if dest.is_file() and not force:
         sha, md5 = file_digests(dest)
@@ -97,13 +98,14 @@ def download_resource(res: Resource, root: Path, *, fetch: Fetch = fetch_url,
                       "(or point --data-dir / $ROBUSTCOMPRESS_DATA at a copy)")
 
 
-def download(name: str, root, *, fetch: Fetch = fetch_url, extract: bool = False,
+def download(name: str, root, *, fetch: Optional[Fetch] = None, extract: bool = False,
              force: bool = False) -> list[Path]:
     """Download dataset ``name`` into data root ``root``; return the verified files.
 
     Parameters
     ----------
-    fetch : ``fetch(url, dest_path)``; replaceable (tests copy local files).
+    fetch : ``fetch(url, dest_path)``; default :func:`fetch_url` (tests pass one that copies
+        local files).
     extract : also unpack archives next to them (``filter="data"``).
     force : download even if a verified copy exists.
     """

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -100,7 +101,7 @@ def gunzip_md5(path: Path) -> Optional[str]:
         with gzip.open(path, "rb") as f:
             while chunk := f.read(CHUNK):
                 md5.update(chunk)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     return md5.hexdigest()
 

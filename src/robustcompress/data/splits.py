@@ -50,7 +50,7 @@ def to_float(x: np.ndarray) -> torch.Tensor:
         x = np.array(x, order="C")
     t = torch.from_numpy(x)
     if x.dtype == np.uint8:
-        return t.to(torch.float32).mul_(1.0 / 255.0)
+        return t.to(torch.float32).div_(255.0)  # exactly k/255 as float32, like ToTensor
     if x.dtype == np.int16:
         return t.to(torch.float32).mul_(1.0 / 32768.0)
     return t.to(torch.float32)
