@@ -31,12 +31,19 @@ def _console():
     return Console()
 
 
-def _fmt_source(src) -> str:
+def _fmt_source(root: Path, src) -> str:
+    """A found source, relative to its data root when possible."""
     if isinstance(src, dict):
-        return str(next(iter(src.values())).parent)
-    if isinstance(src, tuple):
-        return f"{src[1]} ({src[0]})"
-    return str(src)
+        p, kind = next(iter(src.values())).parent, ""
+    elif isinstance(src, tuple):
+        p, kind = Path(src[1]), f" ({src[0]})"
+    else:
+        p, kind = Path(src), ""
+    try:
+        rel = p.relative_to(root).as_posix()
+    except ValueError:
+        rel = str(p)
+    return f"{rel}{kind}"
 
 
 @data_app.command("list")
@@ -50,8 +57,10 @@ def list_cmd(
     from rich.table import Table
 
     from robustcompress.data import DATASETS, find_dataset
+    from robustcompress.data.roots import root_candidates
 
-    t = Table(title="datasets")
+    cands, _ = root_candidates(data_dir)
+    t = Table(title="datasets", caption="data roots searched: " + ", ".join(map(str, cands)))
     t.add_column("name", no_wrap=True)
     t.add_column("shape", no_wrap=True)
     t.add_column("classes")
@@ -64,7 +73,8 @@ def list_cmd(
             found = "pass --data-dir PATH"
         else:
             got = find_dataset(name, data_dir)
-            found = f"yes: {_fmt_source(got[1])}" if got else "[red]no[/red]"
+            found = (f"{_fmt_source(got[0], got[1])}\n[dim]in {got[0]}[/dim]" if got
+                     else "[red]not found[/red]")
         t.add_row(name, str(tuple(e.shape)) if e.shape else "any", str(e.num_classes or "any"),
                   f"[{e.bounds[0]:g}, {e.bounds[1]:g}]", found)
     _console().print(t)
