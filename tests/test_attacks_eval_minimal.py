@@ -9,6 +9,8 @@ edges so that the box never binds.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
@@ -127,3 +129,41 @@ def test_deepfool_and_cw_do_not_depend_on_batch_size():
         split = run_attack(name, hidden, x, y, threat, batch_size=5, **kw)
         assert torch.allclose(whole.x_adv, split.x_adv, atol=1e-6), name
         assert torch.equal(whole.success, split.success), name
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), lo=st.sampled_from([0.0, -1.0]),
+       norm=st.sampled_from(["l2", "linf"]), eps=st.sampled_from([0.0, 0.3]))
+def test_minimal_attacks_stay_in_box_and_judge_within_budget(seed, lo, norm, eps):
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = lo + (1.0 - lo) * torch.rand(6, 1, 3, 4, generator=g)
+    y = torch.randint(0, 3, (6,), generator=g)
+    threat = ThreatModel.from_spec(norm, eps, bounds=(lo, 1.0))
+    attacks = [("deepfool", {})] + ([("cw", {"steps": 30, "binary_search_steps": 3})]
+                                    if norm == "l2" else [])
+    for name, kw in attacks:
+        res = run_attack(name, model, x, y, threat, **kw)
+        assert res.x_adv.min() >= lo and res.x_adv.max() <= 1.0, name
+        # the library's verdict is the argmax of the (MC-averaged) softmax, as judge() computes it
+        fooled = model(res.x_adv).softmax(1).argmax(1) != y
+        fits = res.norm <= eps * (1 + 1e-6) if eps > 0 else torch.ones_like(fooled)
+        assert torch.equal(res.success, fooled & fits), name
+        again = run_attack(name, model, x, y, threat, **kw)
+        assert torch.equal(res.x_adv, again.x_adv), name
+
+
+def test_minimal_attacks_leave_model_and_rng_alone():
+    from robustcompress.attacks.base import no_side_effects
+
+    lin, x, y = linear_problem(3, dtype=torch.float32)
+    lin.requires_grad_(True)
+    lin.train()
+    state = torch.get_rng_state()
+    with no_side_effects(lin):
+        run_attack("deepfool", lin, x, y, ThreatModel.from_spec("l2", 0.0))
+        run_attack("cw", lin, x, y, ThreatModel.from_spec("l2", 0.0), steps=20)
+    assert lin.training and all(p.grad is None for p in lin.parameters())
+    assert torch.equal(state, torch.get_rng_state())
