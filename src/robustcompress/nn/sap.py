@@ -18,26 +18,28 @@ A fresh, independent draw is made for every sample on every call.
 Exact sampler (``method="exact"``, the default)
 -----------------------------------------------
 ``torch.multinomial(p, r, replacement=True)`` is exact but slow on CPU, and inverse-CDF sampling
-with ``torch.searchsorted`` is no faster (both ~8x a LeNet-5 forward for the first layer alone,
-see ``bench/sap_overhead.py``). We use inverse-CDF sampling with a *cell table* instead (the
-"guide table" method of Chen & Asau, 1974, vectorised over the batch):
+with ``torch.searchsorted`` is no faster (a binary search per draw, cache-unfriendly; numbers in
+bench/RESULTS.md). We use inverse-CDF sampling with a *cell table* instead (the "guide table"
+method of Chen & Asau, 1974, vectorised over the whole batch):
 
-* scale the row's CDF to ``[0, M]`` with ``M = CELLS_PER_ENTRY * D`` unit cells;
-* a uniform draw on ``[0, M)`` is a uniform integer cell ``k`` plus a uniform offset ``f``;
-* a histogram of the CDF boundaries per cell (``scatter_add`` + ``cumsum``) gives, for every
-  cell, the number of boundaries before it and inside it; a draw in a cell with no boundary
-  inside lands in the bin spanning the cell, found by one ``gather``;
-* only draws in cells that contain a boundary (a small fraction) draw their offset ``f`` and are
-  resolved by a vectorised binary search over the boundaries inside their cell.
+* scale each row's CDF to ``[0, M]`` with ``M = CELLS_PER_ENTRY * D`` unit cells; keep only the
+  upper boundaries of bins of positive width (zero activations have no bin, so runs of zeros cost
+  nothing), all rows in one flat, row-major list;
+* a histogram of those boundaries per (row, cell) and its cumulative sum give, for every cell,
+  the index of the first boundary at or after it and the number of boundaries inside it;
+* a draw is a float64 uniform on ``[0, M)``: its cell is its integer part. A draw in a cell with
+  no boundary inside belongs to the bin spanning the cell (one lookup); only draws in cells that
+  hold a boundary (about ``#nonzero / M`` of them) are resolved by a vectorised binary search
+  over the few boundaries in their cell.
 
 This is inverse-CDF sampling, hence exact: each draw selects bin ``j`` with probability equal to
 the width of bin ``j`` in the computed CDF. The keep probability and the rescale are computed
 from *those same widths*, so ``E[sap(h)] = h`` holds for the realised distribution, not only up
-to rounding. The CDF is accumulated in float64 when ``M > 2**14`` (so that bins are resolved to
-better than ``2**-29`` of the row's mass) and in float32 otherwise (better than ``2**-10`` of one
-cell, i.e. a relative error below ``5e-4`` on a bin of average mass). The only deviation from
-the ideal sampler: an entry whose share ``|h_j| / sum |h|`` is below that resolution may get a
-zero-width bin, is then never kept, and the output loses that (negligible) mass.
+to rounding. The CDF is accumulated in the working precision (float32 for float32/half inputs,
+float64 for float64 inputs), so each bin's probability is that of ``|h_j| / sum |h|`` up to about
+one float ulp of the row mass (``~2**-23`` in float32, the precision ``torch.multinomial`` works at
+too). The only deviation from the ideal sampler: an entry whose share is below that resolution may
+get a zero-width bin, is then never kept, and the output loses that (negligible) mass.
 
 ``method="bernoulli"`` is a labelled approximation, never the default: every entry is kept
 independently with probability ``1 - (1 - p_j)^r`` (the correct marginals and unbiased, but it
@@ -69,7 +71,6 @@ from robustcompress.errors import UserInputError
 
 METHODS = ("exact", "bernoulli")
 CELLS_PER_ENTRY = 2
-_FLOAT64_ABOVE = 2 ** 14
 
 
 def _check(frac: float, method: str) -> None:
@@ -101,49 +102,40 @@ def _rand(kind: str, shape, generator: Optional[torch.Generator], device, dtype=
     return out.to(device)
 
 
-def _cell_search(c: torch.Tensor, k: torch.Tensor, lo: torch.Tensor, n_in: torch.Tensor,
-                 generator: Optional[torch.Generator], r: int) -> torch.Tensor:
-    """Resolve the draws that fall in a cell containing CDF boundaries.
+def _search_cells(cb: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, n_in: torch.Tensor
+                  ) -> torch.Tensor:
+    """Resolve the draws that fall in a cell containing bin boundaries.
 
-    ``c`` is the scaled CDF (B, D); ``k`` the cells of the draws (B, r); ``lo`` the number of
-    boundaries before each draw's cell and ``n_in`` the number inside it. Returns the bin index
-    of every draw (B, r): ``lo`` plus the number of in-cell boundaries ``<= k + f``, ``f`` a
-    uniform offset drawn here only for the draws that need it.
+    ``cb`` holds the upper boundaries of all positive-width bins (all rows, row-major, so sorted
+    within a row); ``x`` the draws (scaled to ``[0, M)``); ``lo`` the index in ``cb`` of the first
+    boundary at or after each draw's cell and ``n_in`` the number of boundaries inside the cell.
+    Returns, for every draw, the index in ``cb`` of the first boundary ``> x`` (its bin).
     """
-    B, D = c.shape
-    ans = lo.long()
-    need = n_in.reshape(-1).nonzero().squeeze(1)
+    ans = lo.clone()
+    need = n_in.nonzero().squeeze(1)  # draws in a cell that holds a boundary
     if need.numel() == 0:
         return ans
-    f = _rand("rand", (need.numel(),), generator, c.device, dtype=c.dtype)
-    kv = k.reshape(-1).index_select(0, need).to(c.dtype)
-    left = ans.reshape(-1).index_select(0, need)
-    right = left + n_in.reshape(-1).index_select(0, need)
-    base = need.div(r, rounding_mode="floor").mul_(D)
-    cflat = c.reshape(-1)
+    xv = x.index_select(0, need)
+    left = lo.index_select(0, need)
+    right = left + n_in.index_select(0, need).long()
     slot = need
-    flat_ans = ans.view(-1)
-    # Binary search for the number of boundaries <= k + f among c[left:right]. Draws whose search
-    # has finished are written back and dropped once they are the majority, so a few cells with
-    # many boundaries (runs of zero activations share one boundary value) cost little.
-    while slot.numel():
+    # Binary search for the first boundary > x in cb[left:right] (right: the next cell's first
+    # boundary is > x). Finished draws are written back and dropped once they are the majority.
+    while True:
         mid = (left + right) >> 1
-        go = (cflat.take(base + mid.clamp(max=D - 1)) - kv) <= f
+        go = cb.index_select(0, mid).to(xv.dtype) <= xv
         active = left < right
         left = torch.where(active & go, mid + 1, left)
         right = torch.where(active & ~go, mid, right)
         done = left >= right
         n_done = int(done.sum())
         if n_done == slot.numel():
-            flat_ans.index_copy_(0, slot, left)
-            break
+            return ans.index_copy_(0, slot, left)
         if 2 * n_done >= slot.numel():
             d = done.nonzero().squeeze(1)
-            flat_ans.index_copy_(0, slot.index_select(0, d), left.index_select(0, d))
+            ans.index_copy_(0, slot.index_select(0, d), left.index_select(0, d))
             keep = (~done).nonzero().squeeze(1)
-            slot, left, right, kv, f, base = (t.index_select(0, keep)
-                                              for t in (slot, left, right, kv, f, base))
-    return ans
+            slot, left, right, xv = (t.index_select(0, keep) for t in (slot, left, right, xv))
 
 
 def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
@@ -151,25 +143,33 @@ def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
     """Exact "drawn at least once in ``r`` draws" indicators (B, D) for rows ``a >= 0``.
 
     Returns ``(drawn, p)`` with ``p`` the realised per-draw probability of each entry (the bin
-    widths of the computed CDF). See the module docstring for the algorithm.
+    widths of the computed CDF). See the module docstring for the algorithm. Only bins of
+    positive width enter the cell table, so runs of zero activations cost nothing.
     """
     B, D = a.shape
     M = CELLS_PER_ENTRY * D
-    cdtype = torch.float64 if M > _FLOAT64_ABOVE else torch.float32
-    c = a.to(cdtype).cumsum(1)
+    c = a.cumsum(1)
     total = c[:, -1:]
     c.mul_(torch.where(total > 0, M / total, torch.zeros_like(total)))
+    c.clamp_(max=M)
     c[:, -1] = M  # the last boundary closes the row exactly (all-zero rows: one bin of width M)
-    cell = c.long().clamp_(max=M)
-    n_in = torch.zeros(B, M + 1, dtype=torch.int32, device=a.device)
-    n_in.scatter_add_(1, cell, torch.ones(1, 1, dtype=torch.int32, device=a.device).expand(B, D))
-    before = n_in.cumsum(1, dtype=torch.int32).sub_(n_in)
-    k = _rand("int", (B, r), generator, a.device, high=M)
-    idx = _cell_search(c, k, before.gather(1, k), n_in.gather(1, k), generator, r)
-    drawn = torch.zeros(B, D, dtype=torch.bool, device=a.device)
-    drawn.scatter_(1, idx.clamp_(max=D - 1), True)
-    width = torch.diff(c, dim=1, prepend=torch.zeros(B, 1, dtype=cdtype, device=a.device))
-    return drawn, width.div_(M)
+    width = c.clone()
+    width[:, 1:] -= c[:, :-1]
+    bins = (width > 0).view(-1).nonzero().squeeze(1)  # flat indices of positive-width bins
+    cb = c.view(-1).index_select(0, bins)
+    stride = M + 1  # cells 0..M-1 take draws; cell M holds each row's closing boundary
+    cell = bins.div(D, rounding_mode="floor").mul_(stride).add_(cb.long().clamp_(max=M))
+    n_in = torch.zeros(B * stride, dtype=torch.int32, device=a.device)
+    n_in.scatter_add_(0, cell, torch.ones(1, dtype=torch.int32, device=a.device).expand(cell.numel()))
+    before = n_in.cumsum(0, dtype=torch.int64).sub_(n_in)  # boundaries (all rows) before each cell
+    # draws: uniform on [0, M) per row, in float64 so cells and offsets are exact to 2**-53 * M
+    x = _rand("rand", (B, r), generator, a.device, dtype=torch.float64).mul_(M)
+    gcell = x.long().clamp_(max=M - 1).add_(
+        torch.arange(0, B * stride, stride, device=a.device).unsqueeze(1)).view(-1)
+    pos = _search_cells(cb, x.view(-1), before.index_select(0, gcell), n_in.index_select(0, gcell))
+    drawn = torch.zeros(B * D, dtype=torch.bool, device=a.device)
+    drawn.index_fill_(0, bins.index_select(0, pos), True)
+    return drawn.view(B, D), width.div_(M)
 
 
 def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Generator] = None,
