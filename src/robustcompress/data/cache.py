@@ -102,7 +102,9 @@ def load_entry(entry: Path) -> Optional[tuple[Arrays, dict]]:
         return None
     try:
         meta = json.loads(mp.read_text())
-        arrays = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in meta["arrays"]}
+        # memory-mapped: a limited load copies only the rows it keeps
+        arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r", allow_pickle=False)
+                  for k in meta["arrays"]}
     except (OSError, ValueError, KeyError):
         return None
     return arrays, meta

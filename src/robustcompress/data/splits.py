@@ -6,6 +6,7 @@ declared box only at the end: uint8 ``/ 255`` -> [0, 1]; int16 ``/ 32768`` -> [-
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -46,14 +47,16 @@ def stratified_first(labels: np.ndarray, n: Optional[int]) -> np.ndarray:
 
 def to_float(x: np.ndarray) -> torch.Tensor:
     """float32 tensor in the declared box: uint8 -> [0, 1], int16 -> [-1, 1), floats unchanged."""
-    if not x.flags.writeable or not x.flags.c_contiguous:  # frombuffer views are read-only
-        x = np.array(x, order="C")
-    t = torch.from_numpy(x)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    with warnings.catch_warnings():  # read-only (memory-mapped) source: only read, never written
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(x)
     if x.dtype == np.uint8:
         return t.to(torch.float32).div_(255.0)  # exactly k/255 as float32, like ToTensor
     if x.dtype == np.int16:
         return t.to(torch.float32).mul_(1.0 / 32768.0)
-    return t.to(torch.float32)
+    return t.to(torch.float32, copy=True)
 
 
 def to_split(x: np.ndarray, y: np.ndarray, limit: Optional[int] = None) -> Split:
