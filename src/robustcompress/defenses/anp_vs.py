@@ -509,15 +509,16 @@ class ANPVSDefense(DefenseSpec):
 
     def apply(self, model: nn.Module, params: "ANPVSDefense.Params", ctx: DefenseContext) -> dict[str, nn.Module]:
         gen = torch.Generator().manual_seed(ctx.seed)
+        cfg = default_config(params.epochs, seed=ctx.seed)
         fit_fn = None
         if ctx.fit is not None:
-            def fit_fn(net, obj):
-                return ctx.fit(net, objective=obj, epochs=params.epochs)
+            def fit_fn(net, obj):  # the run's settings, with the original lr schedule
+                return ctx.fit(net, objective=obj, epochs=params.epochs, schedule=cfg.schedule,
+                               milestones=cfg.milestones, gamma=cfg.gamma)
         net = anp_vs(model, ctx.dataset, eps=params.eps, norm=params.norm, beta=params.beta,
                      lam=params.lam, steps=params.steps, step_size=params.step_size,
                      adv_weight=params.adv_weight, mask_lr=params.mask_lr,
-                     weight_lr=params.weight_lr, fit_fn=fit_fn,
-                     config=default_config(params.epochs, seed=ctx.seed), generator=gen,
+                     weight_lr=params.weight_lr, fit_fn=fit_fn, config=cfg, generator=gen,
                      progress=ctx.progress)
         base_rec = list(getattr(model, "robustcompress_defenses", []))
         p = params.model_dump()
