@@ -47,7 +47,7 @@ def decode_images(items: Iterable[tuple[str, bytes]], mode: Optional[str] = None
                 elif m != want_mode and mode is None:
                     raise DataError(f"image {name} is {m} but {first} is {want_mode}; all images "
                                     "must share one mode: pass mode='RGB' or mode='L' "
-                                    "(--image-mode) to convert them all")
+                                    "in load_dataset to convert them all")
                 if want_size is None:
                     want_size, first = im.size, first or name
                 elif im.size != want_size:
