@@ -107,7 +107,7 @@ def apgd_run(
     obj, grad, logits = input_gradient(model, x_adv, y_loss, return_logits=True, **kw)
     best = Best.empty(x_adv)
     best.update(torch.arange(b, device=x.device), x_adv, obj.to(x.dtype),
-                reached_goal(logits.argmax(1), y, threat.targeted))
+                reached_goal(logits.argmax(1), y, threat.targeted), logits)
     x_max, f_max, g_max = x_adv.clone(), obj.clone(), grad.clone()
     eta = torch.full((b,), 2.0 * threat.eps, device=x.device, dtype=x.dtype)
     x_prev = x_adv.clone()
@@ -124,7 +124,8 @@ def apgd_run(
         x_new = threat.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x)
         x_prev, x_adv = x_adv, x_new
         obj, grad, logits = input_gradient(model, x_adv, y_loss, return_logits=True, **kw)
-        best.update(everyone, x_adv, obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted))
+        best.update(everyone, x_adv, obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted),
+                    logits)
         history.append(obj)
         up = obj > f_max
         x_max[up], f_max[up], g_max[up] = x_adv[up], obj[up], grad[up]
@@ -212,7 +213,8 @@ def apgd(
                    early_stop=default_early_stop(model, early_stop), generator=generator,
                    eot_samples=eot_samples, max_rows=max_rows)
     return finish("apgd", _params(steps, restarts, loss, eot_samples), model, x, y, best.x, threat,
-                  mc_samples=mc_samples, generator=generator, extra={"objective": best.obj})
+                  mc_samples=mc_samples, generator=generator, logits=best.logits,
+                  extra={"objective": best.obj})
 
 
 def _dlr_targeted_pair(logits: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
@@ -258,4 +260,4 @@ def apgd_t(
     return finish("apgd-t", _params(int(steps), int(restarts), "dlr-targeted", eot_samples,
                                     n_target_classes=k),
                   model, x, y, best.x, threat, mc_samples=mc_samples, generator=generator,
-                  extra={"objective": best.obj})
+                  logits=best.logits, extra={"objective": best.obj})

@@ -75,5 +75,5 @@ def bim(
     params = {"steps": steps, "step_size": step_size, "paper": paper,
               "loss": loss if isinstance(loss, str) else "custom", "eot_samples": eot_samples}
     return finish("bim", params, model, x, y, best.x, threat, mc_samples=mc_samples,
-                  generator=generator, extra={"objective": best.obj})
+                  generator=generator, logits=best.logits, extra={"objective": best.obj})
 

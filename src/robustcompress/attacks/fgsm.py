@@ -18,6 +18,26 @@ from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 
 
+def fgsm_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    loss: Union[str, LossFn] = "ce",
+    generator: Optional[torch.Generator] = None,
+    eot_samples: Optional[int] = 1,
+) -> torch.Tensor:
+    """The FGSM/FGM point ``clip(x + eps * steepest(grad))`` without the verdict (one backward).
+
+    For training loops that only need the adversarial inputs (no final forward pass).
+    """
+    _, grad = input_gradient(model, x, y, loss=loss, eot_samples=eot_samples, generator=generator,
+                             targeted=threat.targeted)
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return threat.project(x + threat.eps * threat.steepest(grad), x).detach()
+
+
 @register_attack("fgsm", kind="white-box")
 def fgsm(
     model: nn.Module,
@@ -39,9 +59,6 @@ def fgsm(
     eot_samples : draws averaged per gradient (stochastic models only).
     mc_samples : draws averaged for the final verdict.
     """
-    _, grad = input_gradient(model, x, y, loss=loss, eot_samples=eot_samples, generator=generator,
-                             targeted=threat.targeted)
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-    x_adv = x + threat.eps * threat.steepest(grad)
+    x_adv = fgsm_perturb(model, x, y, threat, loss=loss, generator=generator, eot_samples=eot_samples)
     params = {"loss": loss if isinstance(loss, str) else "custom", "eot_samples": eot_samples}
     return finish("fgsm", params, model, x, y, x_adv, threat, mc_samples=mc_samples, generator=generator)

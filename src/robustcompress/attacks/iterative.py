@@ -28,11 +28,16 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Best:
-    """Per-sample best iterate: successes first, then the larger attacker objective."""
+    """Per-sample best iterate: successes first, then the larger attacker objective.
+
+    ``logits`` holds the (EOT-averaged) logits of each kept point, so that a deterministic model
+    need not be run again to judge the result (see :func:`~robustcompress.attacks.base.finish`).
+    """
 
     x: torch.Tensor
     obj: torch.Tensor
     success: torch.Tensor
+    logits: Optional[torch.Tensor] = None
 
     @classmethod
     def empty(cls, x: torch.Tensor) -> "Best":
@@ -43,7 +48,8 @@ class Best:
             torch.zeros(b, dtype=torch.bool, device=x.device),
         )
 
-    def update(self, idx: torch.Tensor, x: torch.Tensor, obj: torch.Tensor, success: torch.Tensor) -> None:
+    def update(self, idx: torch.Tensor, x: torch.Tensor, obj: torch.Tensor, success: torch.Tensor,
+               logits: Optional[torch.Tensor] = None) -> None:
         """Offer candidates ``x`` (rows ``idx`` of the batch) with their objective and success."""
         old_s = self.success[idx]
         better = (success & ~old_s) | ((success == old_s) & (obj > self.obj[idx]))
@@ -51,9 +57,14 @@ class Best:
         self.x[j] = x[better].detach()
         self.obj[j] = obj[better].to(self.obj.dtype)
         self.success[j] = success[better]
+        if logits is not None:
+            if self.logits is None:
+                self.logits = torch.full((self.x.shape[0], logits.shape[1]), float("nan"),
+                                         device=logits.device, dtype=logits.dtype)
+            self.logits[j] = logits[better].detach()
 
     def merge(self, idx: torch.Tensor, other: "Best") -> None:
-        self.update(idx, other.x, other.obj, other.success)
+        self.update(idx, other.x, other.obj, other.success, other.logits)
 
 
 def evaluate_point(
@@ -72,7 +83,8 @@ def evaluate_point(
         model, x, y, loss=loss, eot_samples=eot_samples, generator=generator,
         targeted=threat.targeted, max_rows=max_rows,
     )
-    return Best(x.detach().clone(), obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted))
+    return Best(x.detach().clone(), obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted),
+                logits)
 
 
 def iterate(
@@ -100,31 +112,41 @@ def iterate(
     """
     best = Best.empty(x_start)
     x_adv = x_start.detach().clone()
-    active = torch.arange(x.shape[0], device=x.device)
+    n = x.shape[0]
+    active = torch.arange(n, device=x.device)
     velocity = torch.zeros_like(x) if momentum is not None else None
     kw = dict(loss=loss, eot_samples=eot_samples, generator=generator, targeted=threat.targeted,
               max_rows=max_rows)
     for t in range(steps + 1):
-        xa, ya = x_adv[active], y[active]
+        everyone = active.numel() == n  # skip gathers/scatters while no sample has left
+        xa, ya, xc = (x_adv, y, x) if everyone else (x_adv[active], y[active], x[active])
         if t < steps:
             obj, grad, logits = input_gradient(model, xa, ya, return_logits=True, **kw)
         else:
             obj, logits = objective(model, xa, ya, **kw)
         success = reached_goal(logits.argmax(1), ya, threat.targeted)
-        best.update(active, xa, obj.to(x.dtype), success)
+        best.update(active, xa, obj.to(x.dtype), success, logits)
         if t == steps:
             break
-        if early_stop:
+        if early_stop and bool(success.any()):
             keep = ~success
-            active, xa, grad = active[keep], xa[keep], grad[keep]
+            active, xa, xc, grad = active[keep], xa[keep], xc[keep], grad[keep]
             if active.numel() == 0:
                 break
+            everyone = False
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         if velocity is not None:
             l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
-            grad = momentum * velocity[active] + grad / _bcast(l1, grad)
-            velocity[active] = grad
-        x_adv[active] = threat.project(xa + step_size * threat.steepest(grad), x[active])
+            grad = momentum * (velocity if everyone else velocity[active]) + grad / _bcast(l1, grad)
+            if everyone:
+                velocity = grad
+            else:
+                velocity[active] = grad
+        stepped = threat.project(xa + step_size * threat.steepest(grad), xc)
+        if everyone:
+            x_adv = stepped
+        else:
+            x_adv[active] = stepped
     return best
 
 

@@ -45,4 +45,4 @@ def mim(
     params = {"steps": steps, "step_size": step_size, "decay": decay,
               "loss": loss if isinstance(loss, str) else "custom", "eot_samples": eot_samples}
     return finish("mim", params, model, x, y, best.x, threat, mc_samples=mc_samples,
-                  generator=generator, extra={"objective": best.obj})
+                  generator=generator, logits=best.logits, extra={"objective": best.obj})

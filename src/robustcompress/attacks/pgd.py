@@ -7,8 +7,8 @@ Defaults: 10 steps of ``2.5 eps / steps`` (their rule), one restart.
 
 Deviations (all can only make the attack stronger or cheaper, never weaker): per sample the best
 iterate over all steps and restarts is returned (a success beats a failure, then the larger loss),
-the clean input is evaluated first (points already misclassified are returned unchanged), restarts
-run only on samples not yet fooled, and with ``early_stop`` a sample stops at its first success.
+restarts run only on samples not yet fooled, and with ``early_stop`` a sample stops at its first
+success. (The clean input is not evaluated separately: that would cost one more forward pass.)
 The L2 random start is uniform in the ball (Gaussian direction, radius ``eps U^(1/d)``).
 Random starts come from per-sample streams (:class:`~robustcompress.attacks.base.SampleNoise`), so
 results do not depend on the batch size.
@@ -23,9 +23,9 @@ from torch import nn
 
 from robustcompress.attacks.base import AttackResult, LossFn, SampleNoise, finish
 from robustcompress.attacks.iterative import (
+    Best,
     default_early_stop,
     default_step_size,
-    evaluate_point,
     iterate,
 )
 from robustcompress.attacks.registry import register_attack
@@ -72,7 +72,7 @@ def pgd(
     early_stop = default_early_stop(model, early_stop)
     kw = dict(loss=loss, eot_samples=eot_samples, generator=generator, max_rows=max_rows)
     noise = SampleNoise(x.shape[0], generator, x.device) if random_start else None
-    best = evaluate_point(model, x, y, threat, **kw)
+    best = Best.empty(x)
     for _ in range(restarts):
         idx = (~best.success).nonzero().squeeze(1) if early_stop else torch.arange(x.shape[0], device=x.device)
         if idx.numel() == 0:
@@ -85,5 +85,5 @@ def pgd(
               "restarts": restarts, "loss": loss if isinstance(loss, str) else "custom",
               "eot_samples": eot_samples}
     return finish("pgd", params, model, x, y, best.x, threat, mc_samples=mc_samples,
-                  generator=generator, extra={"objective": best.obj})
+                  generator=generator, logits=best.logits, extra={"objective": best.obj})
 

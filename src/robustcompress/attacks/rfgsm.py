@@ -20,6 +20,29 @@ from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import UserInputError
 
 
+def rfgsm_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    alpha: Optional[float] = None,
+    loss: Union[str, LossFn] = "ce",
+    generator: Optional[torch.Generator] = None,
+    eot_samples: Optional[int] = 1,
+) -> torch.Tensor:
+    """The R+FGSM point without the verdict (one backward; for training loops)."""
+    alpha = threat.eps / 2 if alpha is None else float(alpha)
+    if not 0 <= alpha <= threat.eps:
+        raise UserInputError(f"rfgsm needs 0 <= alpha <= eps ({threat.eps:g}), got {alpha:g}")
+    noise = SampleNoise(x.shape[0], generator, x.device)
+    x_rand = threat.clip(x + alpha * threat.steepest(noise.randn(x)))
+    _, grad = input_gradient(model, x_rand, y, loss=loss, eot_samples=eot_samples,
+                             generator=generator, targeted=threat.targeted)
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return threat.project(x_rand + (threat.eps - alpha) * threat.steepest(grad), x).detach()
+
+
 @register_attack("rfgsm", kind="white-box")
 def rfgsm(
     model: nn.Module,
@@ -34,15 +57,9 @@ def rfgsm(
     mc_samples: Optional[int] = None,
 ) -> AttackResult:
     """Random step of size ``alpha`` (default ``eps / 2``), then FGSM with ``eps - alpha``."""
+    x_adv = rfgsm_perturb(model, x, y, threat, alpha=alpha, loss=loss, generator=generator,
+                          eot_samples=eot_samples)
     alpha = threat.eps / 2 if alpha is None else float(alpha)
-    if not 0 <= alpha <= threat.eps:
-        raise UserInputError(f"rfgsm needs 0 <= alpha <= eps ({threat.eps:g}), got {alpha:g}")
-    noise = SampleNoise(x.shape[0], generator, x.device)
-    x_rand = threat.clip(x + alpha * threat.steepest(noise.randn(x)))
-    _, grad = input_gradient(model, x_rand, y, loss=loss, eot_samples=eot_samples,
-                             generator=generator, targeted=threat.targeted)
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-    x_adv = x_rand + (threat.eps - alpha) * threat.steepest(grad)
     params = {"alpha": alpha, "loss": loss if isinstance(loss, str) else "custom",
               "eot_samples": eot_samples}
     return finish("rfgsm", params, model, x, y, x_adv, threat, mc_samples=mc_samples, generator=generator)
