@@ -45,6 +45,15 @@ def test_corrupted_file_names_file_and_checksums(data_root, tmp_path):
     assert "found sha256" in msg and "robustcompress data download mnist" in msg
 
 
+def test_missing_mnist_file_is_named(data_root, tmp_path):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for f in MNIST_FILES[:3]:
+        os.symlink(data_root / "mnist" / f, d / f)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is missing \(expected sha256 ae18"):
+        load_dataset("mnist", tmp_path, cache_dir=tmp_path / "c")
+
+
 def test_missing_file_and_verified_stamp(tmp_path):
     p = tmp_path / "fsdd-recordings.tar"
     with pytest.raises(DataError, match="missing.*48697dce"):
@@ -316,6 +325,22 @@ def test_resolve_data_root_order(tmp_path, monkeypatch):
     (tmp_path / "work" / "shared" / "data").rmdir()
     with pytest.raises(DataError, match="searched.*shared/data.*ROBUSTCOMPRESS_DATA=DIR"):
         resolve_data_root()
+
+
+def test_read_only_root_is_never_a_cache(tmp_path, monkeypatch):
+    from robustcompress.data.cache import resolve_cache_dir
+
+    monkeypatch.delenv("ROBUSTCOMPRESS_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    assert resolve_cache_dir(None, ro) == ro / ".robustcompress-cache"
+    ro.chmod(0o555)
+    try:
+        assert resolve_cache_dir(None, ro) == tmp_path / "xdg" / "robustcompress"
+    finally:
+        ro.chmod(0o755)
+    assert resolve_cache_dir(tmp_path / "mine", ro) == tmp_path / "mine"
 
 
 def test_missing_dataset_lists_searched_places(tmp_path):

@@ -135,7 +135,8 @@ def verify_cmd(
                 t.add_row(n, str(f), status, sha)
             except DataError as e:
                 bad += 1
-                t.add_row(n, str(f), "[red]CORRUPTED[/red]", str(e))
+                t.add_row(n, str(f), "[red]MISSING[/red]" if not f.exists() else "[red]CORRUPTED[/red]",
+                          str(e))
     _console().print(t)
     if bad:
         raise typer.Exit(1)

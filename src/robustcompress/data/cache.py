@@ -10,7 +10,8 @@ into place with ``os.replace`` (atomic on POSIX), so two processes filling the s
 leave a torn file.
 
 Cache directory order: ``cache_dir=`` argument, ``$ROBUSTCOMPRESS_CACHE``, ``<root>/.robustcompress-cache``
-when the data root is writable, else ``$XDG_CACHE_HOME/robustcompress`` (``~/.cache/robustcompress``).
+when the data root is writable (by its mode bits, so a read-only shared folder stays untouched
+even for root), else ``$XDG_CACHE_HOME/robustcompress`` (``~/.cache/robustcompress``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -43,6 +45,20 @@ def _writable_dir(p: Path) -> bool:
     return os.access(p, os.W_OK | os.X_OK)
 
 
+def writable_by_mode(p: Path) -> bool:
+    """True if ``p`` is a folder we may write to *and* its mode has a write bit.
+
+    The mode check matters for root, whom ``os.access`` lets write into a read-only
+    (``r-x``) shared data folder.
+    """
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return (p.is_dir() and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            and os.access(p, os.W_OK | os.X_OK))
+
+
 def resolve_cache_dir(cache_dir: Optional[os.PathLike] = None,
                       root: Optional[Path] = None) -> Path:
     """Pick the cache directory (see module docstring); never writes into a read-only data root."""
@@ -51,8 +67,8 @@ def resolve_cache_dir(cache_dir: Optional[os.PathLike] = None,
     env = os.environ.get(CACHE_ENV_VAR)
     if env:
         return Path(env).expanduser()
-    if root is not None and root.is_dir() and os.access(root, os.W_OK | os.X_OK):
-        return root / ".robustcompress-cache"
+    if root is not None and writable_by_mode(Path(root)):
+        return Path(root) / ".robustcompress-cache"
     return user_cache_dir()
 
 
@@ -69,6 +85,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable by others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,6 +98,7 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

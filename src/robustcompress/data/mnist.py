@@ -30,7 +30,12 @@ PLACES = ("mnist", "MNIST/raw", "MNIST", ".")
 
 
 def find(root: Path) -> Optional[dict[str, Path]]:
-    """The four IDX files (``.gz`` preferred) in the first place that has all of them."""
+    """The four IDX files (``.gz`` preferred) in the first place that has all of them.
+
+    A place with only some of them is returned too (the missing ones as ``<name>.gz``), so that
+    loading names the missing file and its checksum instead of saying "not found".
+    """
+    partial = None
     for place in PLACES:
         d = root / place
         got = {}
@@ -41,7 +46,9 @@ def find(root: Path) -> Optional[dict[str, Path]]:
                     break
         if len(got) == len(FILES):
             return got
-    return None
+        if got and partial is None:
+            partial = {k: got.get(k, d / f"{base}.gz") for k, base in FILES.items()}
+    return partial
 
 
 def parse_idx(data: bytes, where: str) -> np.ndarray:
