@@ -199,3 +199,19 @@ def test_run_attack_refuses_unknown_parameters_and_bad_labels():
         run_attack("pgd", model, x * 4 - 2, y, threat)
     with pytest.raises(UserInputError, match="eot_samples"):
         run_attack("uniform", model, x, y, threat, eot_samples=5)
+
+
+def test_batchnorm_in_training_mode_is_warned_about_and_left_in_that_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).double()
+    x, y = data(0)
+    threat = ThreatModel("linf", 0.1, (0.0, 1.0))
+    with pytest.warns(UserWarning, match="model.eval"):
+        run_attack("fgsm", model, x, y, threat)
+    assert model.training and model[2].training
+    model.eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_attack("fgsm", model, x, y, threat)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -148,6 +149,7 @@ def run_attack(
         raise UserInputError(f"attack {spec.name!r} does not take mc_samples")
     if batch_size is not None and batch_size < 1:
         raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+    _warn_if_batchnorm_trains(model)
     y = y.long()
     start = time.perf_counter()
     if batch_size is None or batch_size >= x.shape[0]:
@@ -158,3 +160,14 @@ def run_attack(
         )
     result.time_s = time.perf_counter() - start
     return result
+
+
+def _warn_if_batchnorm_trains(model: nn.Module) -> None:
+    """Attacks leave the mode alone; a BatchNorm in training mode would update its statistics."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
+        warnings.warn(
+            "the model has BatchNorm layers in training mode: they use batch statistics and update "
+            "their running averages while it is attacked; call model.eval() first unless the "
+            "training-mode model is what you mean to attack",
+            stacklevel=3,
+        )
