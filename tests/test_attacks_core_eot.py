@@ -141,3 +141,29 @@ def test_run_attack_uses_eot_by_default_on_stochastic_models():
     assert drop.calls == 2  # one stacked EOT forward + one stacked MC forward
     with pytest.raises(Exception):
         run_attack("fgsm", model, x, y, ThreatModel("linf", 0.1, (0.0, 1.0)), eot_samples=0)
+
+
+def test_out_of_memory_falls_back_to_fewer_stacked_copies():
+    model, drop = toy()
+    x, y = inputs()
+
+    class Limited(nn.Module):
+        """Raises the CUDA out-of-memory error above 3 stacked copies of the batch."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, h):
+            if h.shape[0] > 3 * len(x):
+                raise torch.cuda.OutOfMemoryError("pretend the GPU is full")
+            return self.net(h)
+
+    limited = Limited(model)
+    drop.calls = 0
+    loss, grad = input_gradient(limited, x, y, eot_samples=8, generator=torch.Generator().manual_seed(0))
+    assert drop.calls == 4  # 8 copies fail, 4+4 fail, then 2+2+2+2 copies per forward
+    # the failed attempts drew no noise, so the result is the one of a 2-copy plan
+    ref_loss, ref_grad = input_gradient(model, x, y, eot_samples=8, generator=torch.Generator().manual_seed(0),
+                                        max_rows=2 * len(x))
+    assert torch.equal(grad, ref_grad) and torch.equal(loss, ref_loss)

@@ -228,6 +228,32 @@ def _repeat(t: torch.Tensor, c: int) -> torch.Tensor:
     return t if c == 1 else t.repeat(c, *([1] * (t.dim() - 1)))
 
 
+def _over_draws(model: nn.Module, batch: int, n: int, max_rows: Optional[int], run: Callable[[int], tuple]):
+    """``[run(c) for c in plan]`` over chunks of ``c`` stacked copies of the batch (sum of c = n).
+
+    On a GPU out-of-memory error the whole computation starts again with half as many copies per
+    forward ("vectorised where memory allows, chunked otherwise"); with one copy it re-raises.
+    """
+    rows = max_rows
+    while True:
+        plan = _copies_per_forward(model, batch, n, rows)
+        try:
+            return [run(c) for c in plan]
+        except torch.cuda.OutOfMemoryError:
+            if plan[0] <= 1:
+                raise
+            rows = (plan[0] // 2) * max(batch, 1)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _total(parts: list, i: int):
+    out = parts[0][i]
+    for p in parts[1:]:
+        out = out + p[i]
+    return out
+
+
 # ---------------------------------------------------------------------------- gradients
 def input_gradient(
     model: nn.Module,
@@ -277,27 +303,25 @@ def input_gradient(
     n = resolve_draws(model, eot_samples, DEFAULT_EOT_SAMPLES)
     xi = x.detach().requires_grad_(True)
     batch = x.shape[0]
-    obj_sum = grad_sum = logit_sum = None
+
+    def run(c: int):
+        logits = model(_repeat(xi, c))
+        obj = fn(logits, _repeat(y, c))
+        if targeted:
+            obj = -obj
+        (g,) = torch.autograd.grad(obj.sum(), xi, allow_unused=True)
+        g = torch.zeros_like(xi) if g is None else g
+        lg = logits.detach().view(c, batch, -1).sum(0) if return_logits else None
+        return obj.detach().view(c, batch).sum(0), g, lg
+
     with _generator_scope(model, generator), torch.enable_grad():
-        for c in _copies_per_forward(model, batch, n, max_rows):
-            logits = model(_repeat(xi, c))
-            obj = fn(logits, _repeat(y, c))
-            if targeted:
-                obj = -obj
-            (g,) = torch.autograd.grad(obj.sum(), xi, allow_unused=True)
-            g = torch.zeros_like(xi) if g is None else g
-            o = obj.detach().view(c, batch).sum(0)
-            obj_sum = o if obj_sum is None else obj_sum + o
-            grad_sum = g if grad_sum is None else grad_sum + g
-            if return_logits:
-                lg = logits.detach().view(c, batch, -1).sum(0)
-                logit_sum = lg if logit_sum is None else logit_sum + lg
+        parts = _over_draws(model, batch, n, max_rows, run)
+    obj_mean, grad_mean = _total(parts, 0), _total(parts, 1)
     if n > 1:
-        obj_sum, grad_sum = obj_sum / n, grad_sum / n
-        logit_sum = logit_sum / n if return_logits else None
+        obj_mean, grad_mean = obj_mean / n, grad_mean / n
     if return_logits:
-        return obj_sum, grad_sum, logit_sum
-    return obj_sum, grad_sum
+        return obj_mean, grad_mean, _total(parts, 2) / n
+    return obj_mean, grad_mean
 
 
 @torch.no_grad()
@@ -316,16 +340,16 @@ def objective(
     fn = resolve_loss(loss)
     n = resolve_draws(model, eot_samples, DEFAULT_EOT_SAMPLES)
     batch = x.shape[0]
-    obj_sum = logit_sum = None
+
+    def run(c: int):
+        logits = model(_repeat(x, c))
+        obj = fn(logits, _repeat(y, c))
+        obj = -obj if targeted else obj
+        return obj.view(c, batch).sum(0), logits.view(c, batch, -1).sum(0)
+
     with _generator_scope(model, generator):
-        for c in _copies_per_forward(model, batch, n, max_rows):
-            logits = model(_repeat(x, c))
-            obj = fn(logits, _repeat(y, c))
-            obj = -obj if targeted else obj
-            o, lg = obj.view(c, batch).sum(0), logits.view(c, batch, -1).sum(0)
-            obj_sum = o if obj_sum is None else obj_sum + o
-            logit_sum = lg if logit_sum is None else logit_sum + lg
-    return obj_sum / n, logit_sum / n
+        parts = _over_draws(model, batch, n, max_rows, run)
+    return _total(parts, 0) / n, _total(parts, 1) / n
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -346,15 +370,17 @@ def draw_probs(
     batch = x.shape[0]
     rows = batch_size if batch_size is not None else None
     chunks = [x] if rows is None or rows >= batch else list(x.split(int(rows)))
-    out = []
+
+    def run(c: int):
+        parts = [
+            F.softmax(_at_least_float32(model(_repeat(xc, c))), dim=1).view(c, xc.shape[0], -1)
+            for xc in chunks
+        ]
+        return (torch.cat(parts, dim=1),)
+
     with _generator_scope(model, generator):
-        for c in _copies_per_forward(model, min(batch, rows or batch), n, rows):
-            parts = [
-                F.softmax(_at_least_float32(model(_repeat(xc, c))), dim=1).view(c, xc.shape[0], -1)
-                for xc in chunks
-            ]
-            out.append(torch.cat(parts, dim=1))
-    return torch.cat(out, dim=0)
+        out = _over_draws(model, min(batch, rows or batch), n, rows, run)
+    return torch.cat([o[0] for o in out], dim=0)
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import _copies_per_forward, _generator_scope, _repeat, resolve_draws
+from robustcompress.attacks.base import _generator_scope, _over_draws, _repeat, _total, resolve_draws
 
 
 class ExpectationModel(nn.Module):
@@ -40,9 +40,7 @@ class ExpectationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = resolve_draws(self.model, self.samples, self.samples)
         b = x.shape[0]
-        total = None
         with _generator_scope(self.model, self.generator):
-            for c in _copies_per_forward(self.model, b, n, self.max_rows):
-                lg = self.model(_repeat(x, c)).view(c, b, -1).sum(0)
-                total = lg if total is None else total + lg
-        return total / n
+            parts = _over_draws(self.model, b, n, self.max_rows,
+                                lambda c: (self.model(_repeat(x, c)).view(c, b, -1).sum(0),))
+        return _total(parts, 0) / n
