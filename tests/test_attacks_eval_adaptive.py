@@ -31,7 +31,7 @@ def digits_eval():
 @pytest.fixture(scope="session")
 def dropout_model(digits_eval):
     xtr, ytr, _, _ = digits_eval
-    return train_mlp(make_mlp(p_in=0.5, p_hidden=0.5), xtr, ytr, steps=300)
+    return train_mlp(make_mlp(p_in=0.5, p_hidden=0.5, width=128), xtr, ytr, steps=150)
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +66,10 @@ def test_masking_checks_flag_single_sample_attacker_not_eot_attacker(dropout_mod
     _, _, x, y = digits_eval
     threat = ThreatModel.from_spec("linf", 0.1)
     weak = _flags(masking_checks(dropout_model, x, y, threat, eot_samples=1, mc_samples=100,
-                                 generator=torch.Generator().manual_seed(2)))
+                                 steps=10, generator=torch.Generator().manual_seed(2)))
     assert weak["more_eot_helps"].raised, weak["more_eot_helps"].values
     strong = _flags(masking_checks(dropout_model, x, y, threat, eot_samples=20, mc_samples=100,
-                                   generator=torch.Generator().manual_seed(2)))
+                                   steps=10, generator=torch.Generator().manual_seed(2)))
     assert not any(f.raised for f in strong.values()), [f.line() for f in strong.values()]
 
 

@@ -73,10 +73,11 @@ def test_deepfool_registered_reports_minimal_norm_and_budget():
     assert unbounded.success.all()
 
 
-@pytest.mark.parametrize("num_classes", [2, 5])
-def test_cw_l2_within_one_percent_of_exact_distance(num_classes):
+@pytest.mark.parametrize("num_classes,search,steps", [(2, 6, 500), (5, 9, 1000)])
+def test_cw_l2_within_one_percent_of_exact_distance(num_classes, search, steps):
+    # 5 classes: the default settings; binary: a shorter search suffices (max error 0.3% there)
     lin, x, y = linear_problem(num_classes, dtype=torch.float32, seed=1)
-    out = cw_l2_perturb(lin, x, y, steps=1000, lr=1e-2, binary_search_steps=9)
+    out = cw_l2_perturb(lin, x, y, steps=steps, lr=1e-2, binary_search_steps=search)
     exact = exact_distance(lin, x, y, 2.0)
     assert torch.isfinite(out.l2).all()
     assert (lin(out.x_adv).argmax(1) != y).all()

@@ -351,7 +351,7 @@ def evaluate_robustness(
         m = min(n, int(check_samples))
         whitebox_acc, others = _cascade_comparison(records, clean_acc, n)
         flags = masking_checks(
-            model, x[:m], y[:m], threat, generator=torch.Generator().manual_seed(_draw_seed(master)),
+            model, x[:m], y[:m], threat, generator=_new_generator(_draw_seed(master), dev),
             eot_samples=eot if props.stochastic else None, mc_samples=mc, bpda=bpda_used,
             steps=check_steps, whitebox_accuracy=whitebox_acc, blackbox_accuracies=others,
             tol=tol, batch_size=batch_size,

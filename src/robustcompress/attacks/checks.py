@@ -141,10 +141,11 @@ def large_eps(threat: ThreatModel, shape: tuple[int, ...]) -> float:
     return half if threat.norm == "linf" else half * math.sqrt(math.prod(shape))
 
 
-def _child(generator: Optional[torch.Generator]) -> torch.Generator:
-    dev = generator.device if generator is not None else torch.device("cpu")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=dev))
-    return torch.Generator().manual_seed(seed)
+def _child(generator: Optional[torch.Generator], device: torch.device) -> torch.Generator:
+    """A fresh generator on the inputs' device, seeded from ``generator`` (global RNG if None)."""
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gdev))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def masking_checks(
@@ -190,12 +191,13 @@ def masking_checks(
     wb = dict(common, eot_samples=eot if stochastic else None)
 
     def acc(name: str, thr: ThreatModel = threat, **kw) -> float:
-        return run_attack(name, model, x, y, thr, generator=_child(generator), **wb, **kw).robust_accuracy
+        res = run_attack(name, model, x, y, thr, generator=_child(generator, x.device), **wb, **kw)
+        return res.robust_accuracy
 
     flags: list[Flag] = []
     with scope:
         _, grad = input_gradient(model, x, y, loss="cw", eot_samples=eot,
-                                 generator=_child(generator), targeted=threat.targeted)
+                                 generator=_child(generator, x.device), targeted=threat.targeted)
         flags.append(check_zero_gradients(grad, zero_threshold))
         acc_fgsm = acc("fgsm")
         acc_k = acc("pgd", steps=steps)
@@ -203,8 +205,8 @@ def masking_checks(
         flags.append(check_iterative_weaker(acc_fgsm, acc_k, tol))
         flags.append(check_more_steps(acc_k, acc_4k, steps, tol))
         if stochastic:
-            acc_4n = run_attack("pgd", model, x, y, threat, generator=_child(generator), steps=steps,
-                                eot_samples=4 * eot, **common).robust_accuracy
+            acc_4n = run_attack("pgd", model, x, y, threat, generator=_child(generator, x.device),
+                                steps=steps, eot_samples=4 * eot, **common).robust_accuracy
             flags.append(check_more_eot(acc_k, acc_4n, eot, tol))
         big = large_eps(threat, tuple(x.shape[1:]))
         flags.append(check_large_eps(acc("pgd", threat.with_eps(big), steps=steps), big, tol))
@@ -212,7 +214,8 @@ def masking_checks(
     others = dict(blackbox_accuracies or {})
     if square_queries > 0 and threat.norm == "linf":
         others["square"] = run_attack(
-            "square", model, x, y, threat, generator=_child(generator), n_queries=square_queries,
+            "square", model, x, y, threat, generator=_child(generator, x.device),
+            n_queries=square_queries,
             eot_samples=eot if stochastic else None, **common,
         ).robust_accuracy
     if others:
