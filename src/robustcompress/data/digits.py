@@ -15,7 +15,6 @@ import torch
 
 from robustcompress.data.info import Dataset, DatasetInfo, Split
 from robustcompress.data.splits import check_limit, stratified_first
-from robustcompress.errors import UserInputError
 
 NAME = "digits"
 TEST_SIZE = 360
@@ -42,8 +41,6 @@ def load(root=None, *, download: bool = False, cache_dir=None, train_limit: Opti
     """Load the 8x8 digits; ``root``, ``download`` and ``cache_dir`` are accepted and unused."""
     from sklearn.datasets import load_digits
 
-    if download:
-        raise UserInputError("digits ships with scikit-learn; there is nothing to download")
     train_limit, test_limit = check_limit("train_limit", train_limit), check_limit("test_limit", test_limit)
     d = load_digits()
     x, y = np.asarray(d.data, np.float64), np.asarray(d.target, np.int64)

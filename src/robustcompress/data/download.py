@@ -111,8 +111,10 @@ def download(name: str, root, *, fetch: Optional[Fetch] = None, extract: bool = 
     """
     if name not in RESOURCES:
         raise UserInputError(f"no download for {name!r}; downloadable: {', '.join(RESOURCES)} "
-                             "(digits ships with scikit-learn; fsdd, cifar10 JPEG and the speech "
-                             "subset are in ../shared/data)")
+                             "(digits ships with scikit-learn; get FSDD from "
+                             "github.com/Jakobovski/free-spoken-digit-dataset (recordings/) or "
+                             "use ../shared/data, which also holds the CIFAR-10 JPEG copy and "
+                             "the Speech Commands subset)")
     out = [download_resource(r, Path(root), fetch=fetch, force=force) for r in RESOURCES[name]]
     if extract:
         for p in out:

@@ -71,14 +71,10 @@ def load(root=None, *, download: bool = False, cache_dir=None, train_limit: Opti
 
     ``extra["speakers"]``/``extra["indices"]`` give every sample's speaker and recording index.
     """
-    if download:
-        raise UserInputError("fsdd has no canonical download here; get "
-                             "github.com/Jakobovski/free-spoken-digit-dataset recordings/ or "
-                             "../shared/data/fsdd/fsdd-recordings.tar")
     if not isinstance(length, int) or length < 1:
         raise UserInputError(f"fsdd length must be a positive number of samples, got {length!r}")
     train_limit, test_limit = check_limit("train_limit", train_limit), check_limit("test_limit", test_limit)
-    data_root, source = locate(NAME, root, find, PLACES)
+    data_root, source = locate(NAME, root, find, PLACES, download=download)
     cdir = cache_dir_for(cache_dir, data_root)
     key = cache_key(name=NAME, version=VERSION, source=fingerprint(source, cdir, NAME), length=length)
     arrays, meta, hit = get_or_build(cdir, NAME, key, lambda: decode(source, length))

@@ -124,10 +124,9 @@ def load(root=None, *, download: bool = False, cache_dir=None, train_limit: Opti
     Parameters
     ----------
     root : path to ``train/<class>/...`` + ``test/<class>/...`` (folder, .tar, .tar.gz, .tar.xz).
+    download : ignored (your own data has no download).
     mode : ``"L"`` or ``"RGB"`` to convert every image; default: all images must agree.
     """
-    if download:
-        raise UserInputError("imagefolder is your own data; there is nothing to download")
     if root is None:
         raise UserInputError("imagefolder needs the folder: load_dataset('imagefolder', "
                              "root='path/to/folder') or --data-dir path/to/folder")

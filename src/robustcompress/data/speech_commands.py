@@ -40,8 +40,8 @@ from robustcompress.data.cache import cache_key, get_or_build
 from robustcompress.data.info import Dataset, DatasetInfo
 from robustcompress.data.integrity import check_member, read_sha256_list, verify_file
 from robustcompress.data.sources import cache_dir_for, fingerprint, first_existing, locate
-from robustcompress.errors import DataError, UserInputError
 from robustcompress.data.splits import channel_stats, check_limit, make_dataset, stratified_first
+from robustcompress.errors import DataError, UserInputError
 
 NAME = "speech_commands"
 VERSION = 1
