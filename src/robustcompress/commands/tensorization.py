@@ -80,6 +80,7 @@ def tensorize_cmd(
         save_checkpoint,
     )
 
+    rank_spec = _rank(rank)  # options first, before any slow loading
     dev = resolve_device(device)
     base = load_checkpoint(checkpoint, device=dev)
     info = base.robustcompress_meta["spec"]["info"]
@@ -90,7 +91,7 @@ def tensorize_cmd(
         kw["test_limit"] = test_limit
     data = load_dataset(info["name"], **kw)
     mode_t = tuple(int(m) for m in modes.split(",")) if modes else None
-    tkw = dict(rank=_rank(rank), modes=mode_t, keep_first_last=keep_first_last, binary=binary,
+    tkw = dict(rank=rank_spec, modes=mode_t, keep_first_last=keep_first_last, binary=binary,
                execution=execution, granularity=granularity, rescale=rescale, init=init)
     torch.manual_seed(seed)  # the CLI owns its process's global RNG
     if finetune_epochs or adversarial_eps:
