@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 from pathlib import Path
@@ -61,7 +62,8 @@ def run(channels, ranks, batch, size, min_time, theta=0.9):
 def to_markdown(rows, args) -> str:
     head = (f"## Tucker conv latency (bench/tucker_latency.py)\n\n"
             f"{datetime.date.today()}, torch {torch.__version__}, {torch.get_num_threads()} "
-            f"thread(s), {platform.processor() or platform.machine()}, batch {args.batch}, "
+            f"thread(s), {platform.processor() or platform.machine()}, load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, batch {args.batch}, "
             f"{args.size}x{args.size} input, 3x3 conv, padding 1. Command: `OMP_NUM_THREADS="
             f"{args.threads} python bench/tucker_latency.py {' '.join(sys.argv[1:])}`. MACs per "
             f"sample from the hook-based counter; the sketched row's MACs are one draw's.\n\n"

@@ -103,3 +103,18 @@ def test_binary_tucker_applies_sketch_before_sign(gen):
     ref = xnor_conv(layer.input_norm(x), w_t, layer.bias, padding=1)
     assert torch.allclose(y, ref, atol=1e-5)
     assert layer.non_differentiable and layer.stochastic
+
+
+def test_xnor_layers_under_torch_func(gen):
+    torch.manual_seed(0)
+    layer = XNORConv2d.from_conv(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.randn(5, 3, 6, 6, generator=gen)
+
+    def f(xi):
+        return layer(xi.unsqueeze(0)).sum()
+
+    with straight_through(layer, "tanh"):
+        g = torch.func.vmap(torch.func.grad(f))(x)
+        xr = x.clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(layer(xr).sum(), xr)
+    assert torch.allclose(g, ref, atol=1e-5) and float(g.abs().sum()) > 0
