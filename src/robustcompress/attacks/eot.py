@@ -42,5 +42,5 @@ class ExpectationModel(nn.Module):
         b = x.shape[0]
         with _generator_scope(self.model, self.generator):
             parts = _over_draws(self.model, b, n, self.max_rows,
-                                lambda c: (self.model(_repeat(x, c)).view(c, b, -1).sum(0),))
+                                lambda c: (self.model(_repeat(x, c)).view(c, b, -1).sum(0),), x.device)
         return _total(parts, 0) / n
