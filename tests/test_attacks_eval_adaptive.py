@@ -126,6 +126,9 @@ def test_report_cascade_bookkeeping_and_json(dropout_model, digits_eval):
     assert rep.robust_accuracy <= rep.clean_accuracy
     assert torch.equal(ps["robust"], ps["broken_by"] == -1)
     assert (ps["fooled_any"] | ps["robust"]).all()
+    assert ((ps["true_prob"] >= 0) & (ps["true_prob"] <= 1)).all()
+    # broken points sit at a low probability of their label, robust ones at a high one
+    assert ps["true_prob"][ps["robust"]].mean() > 0.5 > ps["true_prob"][ps["broken_by"] >= 0].mean()
     assert rep.settings["eot_samples"] == 4 and rep.settings["mc_samples"] == 16
     assert len({a.seed for a in rep.attacks}) == 4
     assert (rep.x_adv - x).abs().max() <= 0.1 + 1e-6

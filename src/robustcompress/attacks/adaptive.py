@@ -86,8 +86,10 @@ class RobustnessReport:
     attacks : one :class:`AttackRecord` per attack, in cascade order (``robust_accuracy`` there is
         the accuracy after that attack).
     flags : gradient-masking checks (:class:`robustcompress.attacks.checks.Flag`).
-    per_sample : ``clean_correct``, ``robust``, ``fooled_any`` (bool ``[n]``) and ``broken_by``
-        (``[n]`` int: index into ``attacks``, ``-1`` still robust, ``-2`` misclassified clean).
+    per_sample : ``clean_correct``, ``robust``, ``fooled_any`` (bool ``[n]``), ``broken_by``
+        (``[n]`` int: index into ``attacks``, ``-1`` still robust, ``-2`` misclassified clean) and
+        ``true_prob`` (``[n]``: MC-averaged probability of the label at the kept point, one
+        more independent draw; the worst case per sample).
     settings : EOT, MC, BPDA, seeds, battery, threat model and model properties.
     timings : seconds for the clean pass, each attack, the checks and the total.
     x_adv : the adversarial kept per sample (the breaking one, else the last tried); not in JSON.
@@ -345,6 +347,11 @@ def evaluate_robustness(
         say(f"{label:>10}: attacked {rec.attempted}, broke {rec.broken}, robust accuracy "
             f"{rec.robust_accuracy:.2%} ({seconds:.1f} s)")
 
+    # worst case per sample: the (MC-averaged) probability of the true class at the kept point
+    final_probs = mc_predict(model, x_adv, mc_samples=mc,
+                             generator=_new_generator(_draw_seed(master), dev), batch_size=batch_size)
+    true_prob = final_probs.gather(1, y[:, None]).squeeze(1) if n else final_probs.new_zeros(0)
+
     flags: list[Flag] = []
     if checks and n:
         t0 = time.perf_counter()
@@ -385,7 +392,8 @@ def evaluate_robustness(
         attacks=records,
         flags=flags,
         per_sample={"clean_correct": clean_correct.cpu(), "robust": robust.cpu(),
-                    "fooled_any": fooled_any.cpu(), "broken_by": broken_by.cpu()},
+                    "fooled_any": fooled_any.cpu(), "broken_by": broken_by.cpu(),
+                    "true_prob": true_prob.cpu()},
         settings=settings,
         timings=timings,
         x_adv=x_adv,
