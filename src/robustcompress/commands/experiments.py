@@ -9,13 +9,22 @@ from typing import Optional
 import typer
 import yaml
 
+# paper name -> (title, prefix of its configs in configs/: <prefix>*-<scale>.yaml)
 PAPERS = {
-    "tensorization": "Defensive tensorization (Bulat et al.)",
-    "sap": "Stochastic activation pruning (Dhillon et al., ICLR 2018)",
-    "sparse-dnns": "Sparse DNNs with improved adversarial robustness (Guo et al., NeurIPS 2018)",
-    "weight-quantization": "Adversarial robustness of weight-quantized networks (Song et al., AAAI-21 RSEML)",
-    "anp-vs": "Adversarial neural pruning with vulnerability suppression (Madaan et al., ICML 2020)",
+    "tensorization": ("Defensive tensorization (Bulat et al.)", "tensorization"),
+    "sap": ("Stochastic activation pruning (Dhillon et al., ICLR 2018)", "sap"),
+    "sparse-dnns": ("Sparse DNNs with improved adversarial robustness (Guo et al., NeurIPS 2018)", "pruning"),
+    "weight-quantization": ("Robustness of weight-quantized networks (Song et al., AAAI-21 RSEML)", "quantization"),
+    "anp-vs": ("Adversarial neural pruning with vulnerability suppression (Madaan et al., ICML 2020)", "anp"),
 }
+
+
+def paper_configs(paper: str, scale: str) -> list:
+    """The shipped configs of ``paper`` at ``scale`` (e.g. tensorization-cpu, tensorization-audio-cpu)."""
+    from robustcompress.experiments.api import list_configs
+
+    prefix = PAPERS[paper][1]
+    return [p for name, p in list_configs().items() if name.startswith(prefix) and name.endswith(f"-{scale}")]
 
 
 def register(app: typer.Typer) -> None:
@@ -79,6 +88,7 @@ def demo(
 
 def reproduce(
     paper: str = typer.Argument(..., help=f"One of: {', '.join(PAPERS)}."),
+    only: Optional[str] = typer.Option(None, help="Run only the config whose name contains this (e.g. audio)."),
     scale: str = typer.Option("cpu", help="cpu (minutes on a laptop) or full (the paper's recipe, for a GPU)."),
     output_dir: Optional[str] = typer.Option(None, "--out", help="Run folder."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]."),
@@ -89,14 +99,20 @@ def reproduce(
     Example: robustcompress reproduce sap --scale cpu
     """
     from robustcompress.errors import UserInputError
-    from robustcompress.experiments import find_config, load_config, run_experiment
+    from robustcompress.experiments import load_config, run_experiment
 
     if paper not in PAPERS:
         raise UserInputError(f"unknown paper {paper!r}; choose one of {', '.join(PAPERS)}")
     if scale not in ("cpu", "full"):
         raise UserInputError("--scale must be cpu or full")
-    cfg = _overrides(load_config(find_config(f"{paper}-{scale}")), device, data_dir)
-    run_experiment(cfg, output_dir=output_dir)
+    paths = [p for p in paper_configs(paper, scale) if only is None or only in p.stem]
+    if not paths:
+        raise UserInputError(f"no {scale}-scale config for {paper!r}" + (f" matching {only!r}" if only else ""))
+    for path in paths:
+        typer.secho(f"== {PAPERS[paper][0]}: {path.stem}", bold=True)
+        cfg = _overrides(load_config(path), device, data_dir)
+        out = None if output_dir is None else str(Path(output_dir) / path.stem)
+        run_experiment(cfg, output_dir=out)
 
 
 def config_check(path: str = typer.Argument(..., help="YAML config file.")) -> None:

@@ -52,9 +52,16 @@ def run_experiment(config: ExperimentConfig | str | Path, *, progress: bool = Tr
     console = console or Console()
     from robustcompress.device import resolve_device
 
-    distributed.init_from_env(resolve_device(cfg.device))
-    runner = Runner(cfg, progress=progress, console=console, log=console.print)
-    summary = runner.run()
+    started_group = not distributed.is_distributed() and distributed.init_from_env(resolve_device(cfg.device))
+    try:
+        runner = Runner(cfg, progress=progress, console=console, log=console.print)
+        summary = runner.run()
+        distributed.barrier()
+    finally:
+        if started_group:  # we created the process group, so we tear it down
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     if report and runner.rank == 0:
         with ResultsStore(summary.output_dir / "results.db") as store:
             data = gather(store, cfg, summary.variants, summary.unit_keys)

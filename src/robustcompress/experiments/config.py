@@ -146,10 +146,11 @@ class PaperRow(BaseModel):
 
 class ExperimentConfig(_Strict):
     name: str = "experiment"
+    description: str = ""
     seed: int = 0
     device: str = "auto"
     output_dir: Optional[str] = None
-    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    dataset: DatasetSection
     model: ModelSection = Field(default_factory=ModelSection)
     training: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields
     defenses: list[DefenseSection] = Field(default_factory=list)

@@ -41,10 +41,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def my_indices(n: int) -> list[int]:
-    """The batch indices this rank evaluates (round robin)."""
-    rank, world = rank_and_world()
+def batch_owner_indices(n: int, rank: int, world: int) -> list[int]:
+    """Batches ``rank`` evaluates out of ``n`` (round robin: rank, rank + world, ...)."""
     return list(range(rank, n, world))
+
+
+def my_indices(n: int) -> list[int]:
+    """The batch indices this process evaluates."""
+    return batch_owner_indices(n, *rank_and_world())
 
 
 def gather_ordered(items: list[tuple[int, Any]]) -> list[Any]:

@@ -327,14 +327,15 @@ class Runner:
         return default if is_stochastic(v.model) else 1
 
     def _per_batch(self, unit_seed: list, x: torch.Tensor, y: torch.Tensor, fn) -> list:
-        """Apply ``fn(xb, yb, generator)`` batch by batch with per-batch generators (sharded)."""
+        """Apply ``fn(xb, yb, generator, batch_index)`` batch by batch, each batch with its own
+        generator, spread over the processes (see :mod:`.distributed`), gathered in order."""
         outs = []
         slices = batch_slices(len(y), self.cfg.evaluation.batch_size)
         for b in dist_util.my_indices(len(slices)):
             sl = slices[b]
             g = torch.Generator(device=self.device).manual_seed(_seed_for(self.cfg.seed, unit_seed, b))
             xb, yb = x[sl].to(self.device), y[sl].to(self.device)
-            outs.append((b, fn(xb, yb, g)))
+            outs.append((b, fn(xb, yb, g, b)))
         return dist_util.gather_ordered(outs)
 
     def _predict_draws(self, model, x, draws: int, g) -> torch.Tensor:
@@ -347,7 +348,7 @@ class Runner:
 
     def clean_eval(self, w, v: Variant, x, y) -> None:
         mc = self._mc(v, self.cfg.evaluation.mc_samples)
-        parts = self._per_batch(["clean", v.key], x, y, lambda xb, yb, g: self._clean_batch(v, xb, yb, g, mc))
+        parts = self._per_batch(["clean", v.key], x, y, lambda xb, yb, g, b: self._clean_batch(v, xb, yb, g, mc))
         correct = torch.cat([p[0] for p in parts])
         single = torch.cat([p[1] for p in parts])
         w.add_result(ResultRow(v.label, "none", "clean", "none", 0.0, "0", 0, len(correct),
@@ -368,7 +369,7 @@ class Runner:
         params = item.attack_params()
         t0 = time.perf_counter()
 
-        def one(xb, yb, g):
+        def one(xb, yb, g, b):
             res = run_attack(item.attack, v.model, xb, yb, threat, generator=g, eot_samples=eot,
                              mc_samples=mc, **params)
             return ~res.success.cpu(), res.fooled_any.cpu(), res.norm.cpu()
@@ -388,11 +389,14 @@ class Runner:
         ev = self.cfg.evaluation
         t0 = time.perf_counter()
 
-        def one(xb, yb, g):
-            return evaluate_robustness(v.model, xb, yb, threat, surrogate_model=surrogate,
-                                       eot_samples=ev.eot_samples, mc_samples=ev.mc_samples,
-                                       apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
-                                       generator=g, progress=False)
+        def one(xb, yb, g, b):
+            # The gradient-masking checks run several extra attacks: once per unit (batch 0).
+            rep = evaluate_robustness(v.model, xb, yb, threat, surrogate_model=surrogate,
+                                      eot_samples=ev.eot_samples, mc_samples=ev.mc_samples,
+                                      apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
+                                      checks=(b == 0), generator=g, progress=False)
+            rep.x_adv = None  # not needed, and not worth gathering across processes
+            return rep
 
         reports = self._per_batch(["adaptive", v.key, threat.norm, eps_label], x, y, one)
         for row in adaptive_rows(reports, v.label, threat, eps_label, time.perf_counter() - t0):
@@ -409,7 +413,7 @@ class Runner:
                                           info=info)
         t0 = time.perf_counter()
 
-        def one(xb, yb, g):
+        def one(xb, yb, g, b):
             with torch.no_grad():
                 correct = (v.model(xb).argmax(1) == yb).cpu()
             res = run_attack(attack, v.model, xb, yb, unbounded, generator=g)
@@ -452,35 +456,34 @@ def _norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: float) -> list[ResultRow]:
-    """Aggregate per-batch adaptive reports into one row per attack plus the worst case."""
-    per_attack: dict[str, list[torch.Tensor]] = {}
-    worst, clean, fooled_any = [], [], []
-    settings: dict[str, Any] = {}
+    """Rows of one adaptive unit from its per-batch :class:`RobustnessReport` s.
+
+    One row per attack of the cascade with the accuracy *after* that attack (the cascade only
+    attacks points still robust), and a ``worst-case`` row: robust under every attack after the
+    independent MC re-evaluation, with the gradient-masking flags in ``extra``.
+    """
+    labels = [a.label for a in reports[0].attacks]
+    cat = lambda key: torch.cat([r.per_sample[key].cpu() for r in reports])  # noqa: E731
+    clean, broken, worst, fooled = cat("clean_correct"), cat("broken_by"), cat("robust"), cat("fooled_any")
     flags: dict[str, bool] = {}
-    for rep in reports:
-        d = rep.per_sample()  # {"clean": bool[B], "attacks": {name: robust bool[B]}, "worst": bool[B]}
-        clean.append(d["clean"])
-        worst.append(d["worst"])
-        if "fooled_any" in d:
-            fooled_any.append(d["fooled_any"])
-        for name, robust in d["attacks"].items():
-            per_attack.setdefault(name, []).append(robust)
-        settings = rep.settings_dict()
-        for f in rep.flag_list():
-            flags[f["name"]] = flags.get(f["name"], False) or bool(f["raised"])
-    clean_t = torch.cat(clean).float()
+    for r in reports:
+        for f in r.flags:
+            flags[f.name] = flags.get(f.name, False) or bool(f.raised)
+    settings = reports[0].settings
+    n = len(clean)
     rows = []
-    for name, parts in per_attack.items():
-        r = torch.cat(parts).float()
-        rows.append(ResultRow(label, name, "adaptive", threat.norm, threat.eps, eps_label, 0, len(r),
-                              clean_acc=clean_t.mean().item(), robust_acc=r.mean().item(),
-                              extra={"settings": settings}))
-    wt = torch.cat(worst).float()
-    extra = {"settings": settings, "masking_flags": flags}
-    rows.append(ResultRow(label, "worst-case", "adaptive", threat.norm, threat.eps, eps_label, 0, len(wt),
-                          clean_acc=clean_t.mean().item(), robust_acc=wt.mean().item(),
-                          fooled_any=torch.cat(fooled_any).float().mean().item() if fooled_any else None,
-                          seconds=seconds, extra=extra))
+    for i, name in enumerate(labels):
+        robust_i = clean & ((broken == -1) | (broken > i))
+        rows.append(ResultRow(label, name, "adaptive", threat.norm, threat.eps, eps_label, 0, n,
+                              clean_acc=clean.float().mean().item(), robust_acc=robust_i.float().mean().item(),
+                              seconds=sum(r.attacks[i].seconds for r in reports)))
+    from robustcompress.attacks.adaptive import _jsonable
+
+    rows.append(ResultRow(label, "worst-case", "adaptive", threat.norm, threat.eps, eps_label, 0, n,
+                          clean_acc=clean.float().mean().item(), robust_acc=worst.float().mean().item(),
+                          fooled_any=fooled.float().mean().item(), seconds=seconds,
+                          extra={"settings": _jsonable(settings), "masking_flags": flags,
+                                 "flag_details": [f.to_dict() for r in reports for f in r.flags]}))
     return rows
 
 

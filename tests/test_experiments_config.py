@@ -1,0 +1,132 @@
+"""Config schema: every invalid config gives one clear message naming key, allowed values, line."""
+
+import pytest
+import yaml
+
+from robustcompress.errors import ConfigError
+from robustcompress.experiments import expanded_dict, load_config, parse_config
+
+GOOD = """\
+name: t
+dataset:
+  name: digits
+model:
+  name: lenet5
+training:
+  epochs: 1
+defenses:
+  - name: sap
+    method: sap
+    grid:
+      frac: [1.0, 0.5]
+evaluation:
+  n_samples: 20
+  threats:
+    - norm: linf
+      eps: [0.1, "8/255"]
+  paper:
+    - attack: fgsm
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config_expands_grid(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    d = expanded_dict(cfg)
+    assert [v["variant"] for v in d["variants"]] == ["sap[frac=1.0]", "sap[frac=0.5]"]
+    assert d["variants"][1]["params"]["frac"] == 0.5
+    assert d["training"]["epochs"] == 1  # defaults of TrainConfig are filled in
+    assert cfg.output_dir.endswith("t")
+
+
+def check_error(tmp_path, text, *needles):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+def test_unknown_key_names_key_and_line(tmp_path):
+    text = GOOD.replace("  n_samples: 20", "  n_sampels: 20")
+    check_error(tmp_path, text, "evaluation.n_sampels", "unknown key", "line 14")
+
+
+def test_unknown_defense_lists_choices(tmp_path):
+    text = GOOD.replace("method: sap", "method: sapp")
+    check_error(tmp_path, text, "defenses[0].method", "'sapp'", "tensorization", "line 10")
+
+
+def test_wrong_type(tmp_path):
+    text = GOOD.replace("n_samples: 20", "n_samples: many")
+    check_error(tmp_path, text, "evaluation.n_samples", "integer")
+
+
+def test_unknown_defense_parameter_lists_parameters(tmp_path):
+    text = GOOD.replace("      frac: [1.0, 0.5]", "      fraction: [1.0]")
+    check_error(tmp_path, text, "fraction", "unknown parameter", "frac")
+
+
+def test_eps_in_wrong_units(tmp_path):
+    text = GOOD.replace('eps: [0.1, "8/255"]', "eps: [8]")
+    check_error(tmp_path, text, "evaluation.threats[0].eps[0]", "8/255")
+
+
+def test_missing_dataset(tmp_path):
+    text = GOOD.replace("dataset:\n  name: digits\n", "")
+    check_error(tmp_path, text, "dataset", "required")
+
+
+def test_unknown_dataset_and_model(tmp_path):
+    text = GOOD.replace("name: digits", "name: mnits").replace("name: lenet5", "name: lenet6")
+    msg = check_error(tmp_path, text, "unknown dataset 'mnits'", "unknown model 'lenet6'")
+    assert "mnist" in msg and "lenet5" in msg
+
+
+def test_duplicate_names(tmp_path):
+    text = GOOD + "  # duplicate\n"
+    data = yaml.safe_load(GOOD)
+    data["defenses"].append(dict(data["defenses"][0]))
+    with pytest.raises(ConfigError, match="duplicate defense name 'sap'"):
+        parse_config(data)
+
+
+def test_base_must_exist(tmp_path):
+    data = yaml.safe_load(GOOD)
+    data["defenses"][0]["base"] = "nothere"
+    with pytest.raises(ConfigError, match="'nothere' is not 'base' or the name of another defense"):
+        parse_config(data)
+
+
+def test_unknown_attack(tmp_path):
+    text = GOOD.replace("attack: fgsm", "attack: fgsmm")
+    check_error(tmp_path, text, "evaluation.paper[0].attack", "pgd")
+
+
+def test_bad_training_key(tmp_path):
+    text = GOOD.replace("  epochs: 1", "  epoch: 1")
+    check_error(tmp_path, text, "training.epoch")
+
+
+def test_not_yaml(tmp_path):
+    check_error(tmp_path, "name: [unclosed", "not valid YAML")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_configs_are_valid():
+    from robustcompress.experiments.api import list_configs
+
+    shipped = list_configs()
+    assert "demo" in shipped
+    for name, path in shipped.items():
+        load_config(path)  # raises on any problem

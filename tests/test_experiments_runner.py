@@ -1,0 +1,174 @@
+"""Runner: end to end on digits, resume after kill -9 with identical results and no duplicates,
+report files (HTML valid, every image exists; rendered by Chromium when it is installed)."""
+
+import html.parser
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustcompress.experiments import ResultsStore, load_config, run_experiment
+from robustcompress.experiments.store import ResultRow
+
+CONFIG = {
+    "name": "tiny",
+    "seed": 3,
+    "dataset": {"name": "digits", "train_limit": 400},
+    "model": {"name": "lenet300"},
+    "training": {"epochs": 2, "optimizer": "adam", "lr": 0.003, "batch_size": 64},
+    "defenses": [
+        {"name": "sap", "method": "sap", "params": {"frac": 1.0}},
+        {"name": "dwp", "method": "dwp", "grid": {"keep": [0.5, 0.2]}},
+    ],
+    "evaluation": {
+        "n_samples": 60, "batch_size": 25, "runs": 2,
+        "threats": [{"norm": "linf", "eps": [0.1, 0.3]}],
+        "paper": [{"attack": "fgsm"}, {"attack": "pgd", "steps": 5}],
+        "adaptive": False, "mc_samples": 4,
+    },
+    "metrics": {"calibration": True, "compression": True},
+}
+
+
+def write_config(tmp_path, out, **changes):
+    cfg = {**CONFIG, "output_dir": str(out), **changes}
+    p = tmp_path / f"{Path(out).name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def rows(out):
+    with ResultsStore(Path(out) / "results.db") as s:
+        res = s.results()
+    keep = ("variant", "attack", "protocol", "norm", "eps_label", "run", "n", "robust_acc", "fooled_any",
+            "clean_acc")
+    return sorted(tuple(r[k] for k in keep) for r in res)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    out = tmp / "A"
+    summary = run_experiment(load_config(write_config(tmp, out)), progress=False)
+    return out, summary
+
+
+def test_end_to_end_rows_and_report(full_run):
+    out, summary = full_run
+    assert summary.variants == ["base", "sap", "dwp[keep=0.5]", "dwp[keep=0.2]"]
+    r = rows(out)
+    # 4 variants x (1 clean + 2 attacks x 2 eps x 2 runs)
+    assert len(r) == 4 * (1 + 2 * 2 * 2)
+    by = {(v, a, e, run): acc for v, a, p, n, e, run, _, acc, _, _ in r}
+    # a stronger attack never does better than FGSM by much, and larger eps hurts
+    assert by[("base", "pgd", "0.3", 0)] <= by[("base", "fgsm", "0.3", 0)] + 0.05
+    assert by[("base", "fgsm", "0.3", 0)] <= by[("base", "fgsm", "0.1", 0)] + 1e-9
+    # deterministic model: both runs identical; stochastic (SAP) model may differ
+    assert by[("base", "pgd", "0.1", 0)] == by[("base", "pgd", "0.1", 1)]
+    clean = {v: acc for v, a, p, *_rest, acc, _f, _c in r if p == "clean"}
+    assert clean["base"] > 0.8
+    for name in ("report.md", "report.html", "report.json", "plots/acc_vs_eps_fgsm.png", "plots/pareto.png",
+                 "plots/calibration.png"):
+        assert (out / name).exists(), name
+
+
+class _Checker(html.parser.HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.errors = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
+        else:
+            self.stack.pop()
+
+
+def test_html_report_is_well_formed_and_images_exist(full_run):
+    out, _ = full_run
+    text = (out / "report.html").read_text()
+    c = _Checker()
+    c.feed(text)
+    assert not c.errors and not c.stack, (c.errors, c.stack)
+    assert len(c.images) >= 3
+    for src in c.images:
+        assert (out / src).stat().st_size > 1000, src
+    assert "paper protocol" in text and "Leaderboard" in text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (Debian package 'chromium')")
+def test_html_report_renders_in_headless_chromium(full_run, tmp_path):
+    out, _ = full_run
+    shot = tmp_path / "shot.png"
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000",
+           f"--screenshot={shot}", (out / "report.html").resolve().as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    hist = img.histogram()
+    assert img.size == (1200, 3000)
+    # a rendered page is not blank: a good share of non-white pixels (text, tables, plots)
+    assert sum(hist[:200]) / sum(hist) > 0.02
+
+
+def _done_units(db):
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(str(db), timeout=5) as c:
+            return c.execute("SELECT count(*) FROM units").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_minus_9_then_rerun_gives_identical_results_without_duplicates(full_run, tmp_path):
+    out_a, _ = full_run
+    out_b = tmp_path / "B"
+    cfg_path = write_config(tmp_path, out_b)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "robustcompress.cli", "run", str(cfg_path), "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = out_b / "results.db"
+    deadline = time.time() + 600
+    while _done_units(db) < 6 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be killed; make the config larger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _done_units(db)
+    assert 0 < killed_at
+    summary = run_experiment(load_config(cfg_path), progress=False)
+    assert summary.units_skipped >= killed_at  # finished work was not redone
+    assert rows(out_b) == rows(out_a)  # identical results, no duplicated rows
+
+
+def test_store_unit_is_atomic(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as s:
+        with pytest.raises(RuntimeError):
+            with s.unit("u1", "paper", "v") as w:
+                w.add_result(ResultRow("v", "fgsm", "paper", "linf", 0.1, "0.1", 0, 10, robust_acc=0.5))
+                raise RuntimeError("crash inside the unit")
+        assert not s.is_done("u1") and s.results() == []
+        with s.unit("u1", "paper", "v") as w:
+            w.add_result(ResultRow("v", "fgsm", "paper", "linf", 0.1, "0.1", 0, 10, robust_acc=0.5))
+        with s.unit("u1", "paper", "v") as w:  # re-running a unit replaces, never duplicates
+            w.add_result(ResultRow("v", "fgsm", "paper", "linf", 0.1, "0.1", 0, 10, robust_acc=0.5))
+        assert s.is_done("u1") and len(s.results()) == 1
