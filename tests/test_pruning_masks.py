@@ -114,11 +114,14 @@ def test_sparse_export_shrinks_bytes_on_disk_and_is_lossless():
     assert exported_bytes(t) < 0.3 * dense_bytes and prev < 0.35 * dense_bytes
 
 
-def test_remove_masks_keeps_function():
+def test_remove_masks_keeps_function_and_leaves_copies_intact():
     net = _net()
     magnitude_prune(net, 0.5)
     x = torch.rand(2, 1, 8, 8)
     out = net(x)
+    other = copy.deepcopy(net)
+    remove_masks(other)  # torch shares the parametrised class between copies
+    assert torch.equal(net(x), out) and torch.equal(other(x), out)
     remove_masks(net)
     assert get_masks(net) == {} and torch.equal(net(x), out)
     assert weight_sparsity(net)["3"] == pytest.approx(0.5, abs=0.01)

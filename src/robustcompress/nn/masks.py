@@ -198,6 +198,23 @@ def mask_structure(model: nn.Module, keep_first_last: bool = False,
                                for n, m in chosen if get_mask(m) is None})
 
 
+def remove_weight_parametrizations(module: nn.Module) -> nn.Module:
+    """Bake every weight parametrisation into a plain weight and drop them, in place.
+
+    ``copy.deepcopy`` of a parametrised module shares torch's dynamically created
+    ``Parametrized<Layer>`` class with the original, and ``remove_parametrizations`` deletes the
+    ``weight`` property from that class -- which would break every copy.  The module first gets a
+    private copy of the class, so removing on one copy leaves the others intact.
+    """
+    if not parametrize.is_parametrized(module, "weight"):
+        return module
+    cls = module.__class__
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    module.__dict__.pop("export_tensors", None)
+    return module
+
+
 def remove_masks(model: nn.Module) -> nn.Module:
     """Bake masks into plain weights (zeros stay) and drop the parametrisations, in place."""
     for _, module in list(model.named_modules()):
@@ -206,8 +223,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
             if others:
                 raise UserInputError("remove_masks works on masked-only layers; "
                                      "remove the quantiser first")
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            module.__dict__.pop("export_tensors", None)
+            remove_weight_parametrizations(module)
     return model
 
 
