@@ -389,3 +389,21 @@ def test_python2_style_batch():
     assert pickle.loads(blob, encoding="bytes")[b"labels"] == [3, 7]  # a valid pickle
     got = read_batch(blob, "py2")
     assert got["labels"] == [3, 7] and np.array_equal(got["data"], data)
+
+
+def test_speech_folder_members_are_checked_against_the_list(tmp_path):
+    import hashlib
+
+    root = tmp_path / "speech_commands"
+    files = {f"{w}/{s}_nohash_0.wav": _wav(np.full(16000, i, np.int16), 16000)
+             for i, (w, s) in enumerate([("yes", "aaaa1111"), ("no", "bbbb2222")])}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (tmp_path / "speech_commands.members.sha256").write_text(
+        "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items()))
+    ds = load_dataset("speech_commands", tmp_path, cache_dir=tmp_path / "c", split="resplit")
+    assert len(ds.train) + len(ds.test) == 2
+    (root / "no/bbbb2222_nohash_0.wav").write_bytes(files["no/bbbb2222_nohash_0.wav"][:-2] + b"\x07\x00")
+    with pytest.raises(DataError, match="member no/bbbb2222_nohash_0.wav is corrupted: expected sha256"):
+        load_dataset("speech_commands", tmp_path, cache_dir=tmp_path / "c", split="resplit")
