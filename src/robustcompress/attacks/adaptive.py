@@ -239,6 +239,7 @@ def evaluate_robustness(
     tol: float = DEFAULT_TOL,
     generator: Optional[torch.Generator] = None,
     batch_size: Optional[int] = None,
+    max_rows: Optional[int] = None,
     progress: bool = True,
 ) -> RobustnessReport:
     """Evaluate ``model`` on ``(x, y)`` under ``threat`` with an adaptive attack cascade.
@@ -262,6 +263,8 @@ def evaluate_robustness(
     generator : the master seed; every attack gets its own generator seeded from it (the seeds
         are recorded). ``None``: a seed is drawn from the global RNG and recorded.
     batch_size : split every attack and prediction into batches of this size.
+    max_rows : most rows per forward when EOT draws are stacked (memory bound; ``None``: all
+        ``eot_samples`` copies of the batch in one forward), for the attacks that accept it.
     progress : print one line per attack to stderr.
     """
     if x.shape[0] != y.shape[0]:
@@ -317,6 +320,8 @@ def evaluate_robustness(
                 kw["eot_samples"] = eot
             if "mc_samples" in spec.parameters:
                 kw["mc_samples"] = mc
+            if max_rows is not None and "max_rows" in spec.parameters:
+                kw["max_rows"] = max_rows
             white = spec.kind in ("white-box", "minimal")
             scope = (straight_through(model, bpda) if (bpda_used and white)
                      else contextlib.nullcontext())
@@ -377,6 +382,7 @@ def evaluate_robustness(
         "battery": [{"label": lb, "attack": nm, "params": _jsonable(
             {k: v for k, v in pr.items() if k != "surrogate"})} for lb, nm, pr in battery],
         "n_restarts": n_restarts, "apgd_steps": apgd_steps, "square_queries": square_queries,
+        "batch_size": batch_size, "max_rows": max_rows,
         "checks": {"enabled": checks, "samples": min(n, check_samples), "steps": check_steps,
                    "tol": tol},
         "stochastic_modules": list(props.stochastic_modules),
