@@ -68,7 +68,9 @@ def evaluate_adaptive_cmd(
     restarts: int = typer.Option(1, min=1, help="APGD restarts."),
     square_queries: int = typer.Option(5000, min=0, help="Square attack queries (0 = skip)."),
     checks: bool = typer.Option(True, help="Run the gradient-masking checks."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Rows per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Inputs per attack batch."),
+    max_rows: Optional[int] = typer.Option(None, min=1, help="Most rows per forward when EOT "
+                                           "draws are stacked (bounds memory)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
@@ -100,7 +102,7 @@ def evaluate_adaptive_cmd(
     run_adaptive(model, part, info, device=dev, seed=seed, norm=norm, eps=eps, eps_scale=eps_scale,
                  surrogate=sur, json_path=json_out, eot_samples=eot, mc_samples=mc, bpda=bpda,
                  n_restarts=restarts, apgd_steps=apgd_steps, square_queries=square_queries,
-                 checks=checks, batch_size=batch_size)
+                 checks=checks, batch_size=batch_size, max_rows=max_rows)
 
 
 def register(app: typer.Typer) -> None:
