@@ -254,3 +254,24 @@ def test_confusion_matrix_agrees_with_accuracy(digits):
     assert int(cm.sum()) == len(ds.test)
     assert float(cm.diagonal().sum()) / len(ds.test) == pytest.approx(
         evaluate_accuracy(m, ds.test))
+
+
+@pytest.mark.parametrize("defense", ["tensorization", "prune"])
+def test_checkpoint_replays_recorded_defenses(digits, tmp_path, defense):
+    from robustcompress.defenses import get_defense
+    from robustcompress.nn import freeze_noise
+
+    spec = get_defense(defense)
+    params = spec.Params()
+    m = spec.structure(model_for(digits), params)
+    m.robustcompress_defenses = [{"name": defense, "params": params.model_dump()}]
+    with torch.no_grad():  # make the state differ from a fresh structure()
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    m.eval()
+    back = load_checkpoint(save_checkpoint(m, tmp_path / "d"))
+    assert back.robustcompress_defenses == m.robustcompress_defenses
+    assert type(back.conv2).__name__ == type(m.conv2).__name__ != "Conv2d"
+    x = digits.test.x[:8]
+    with freeze_noise(m), freeze_noise(back):
+        assert torch.allclose(m(x), back(x), atol=1e-6)
