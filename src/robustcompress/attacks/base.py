@@ -108,16 +108,22 @@ class AttackResult:
 
     @staticmethod
     def concat(results: Sequence["AttackResult"]) -> "AttackResult":
-        """Join per-batch results (same attack) into one, in order."""
+        """Join per-batch results (same attack) into one, in order.
+
+        Per-sample tensors in ``extra`` are concatenated, numbers averaged weighted by batch size,
+        anything else taken from the first batch.
+        """
         if not results:
             raise ValueError("nothing to concatenate")
         first = results[0]
         extra = {}
+        sizes = [len(r) for r in results]
         for k, v in first.extra.items():
-            if isinstance(v, torch.Tensor) and v.dim() >= 1 and all(
-                isinstance(r.extra.get(k), torch.Tensor) for r in results
-            ):
-                extra[k] = torch.cat([r.extra[k] for r in results])
+            values = [r.extra.get(k) for r in results]
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and all(isinstance(u, torch.Tensor) for u in values):
+                extra[k] = torch.cat(values)
+            elif isinstance(v, (int, float)) and all(isinstance(u, (int, float)) for u in values) and sum(sizes):
+                extra[k] = sum(u * n for u, n in zip(values, sizes)) / sum(sizes)
             else:
                 extra[k] = v
         return AttackResult(
