@@ -111,3 +111,20 @@ def test_latency_and_report():
     assert r["size_ratio"] == pytest.approx(1.0, abs=0.01)
     assert r["macs_ratio"] == 1.0 and r["bytes_ratio"] == 1.0
     assert m.training  # mode restored
+
+
+def test_pruned_model_is_only_smaller_once_exported_sparse():
+    from robustcompress.nn.masks import magnitude_prune, remove_masks
+
+    m = build_model("lenet5", MNIST)
+    dense = exported_bytes(m)
+    magnitude_prune(m, 0.9)
+    nz = count_nonzeros(m)
+    assert nz["density"] == pytest.approx(0.1, abs=0.01) and count_parameters(m) == nz["total"]
+    sparse = exported_bytes(m)
+    assert sparse < dense / 5  # bitmap + 10% float32 values
+    # the same zeros without the masks' sparse export: no saving is claimed
+    remove_masks(m)
+    assert count_nonzeros(m)["density"] == pytest.approx(0.1, abs=0.01)
+    assert exported_bytes(m) >= dense
+    assert count_macs(m, MNIST.shape) == 2_293_000  # dense kernels still execute

@@ -64,9 +64,10 @@ def _groups(model: nn.Module, objective, config: TrainConfig) -> dict[str, dict]
         raw = {"model": {"params": [p for p in model.parameters() if p.requires_grad]}}
     out = {}
     for name, g in raw.items():
-        params = list(g["params"])
+        params = [p for p in g["params"] if p.requires_grad]  # frozen ones stay frozen
         if not params:
-            raise ConfigError(f"parameter group {name!r} of the objective is empty")
+            raise ConfigError(f"parameter group {name!r} of the objective has no trainable "
+                              "parameter")
         out[name] = {
             "params": params,
             "lr": g.get("lr") or config.lr,
@@ -222,9 +223,27 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     """Train ``model`` on ``dataset.train`` with ``objective`` (default cross-entropy).
 
     Evaluates clean accuracy on ``dataset.test`` after every epoch, checkpoints every epoch to
-    ``checkpoint_dir`` and resumes from it (see module doc). ``device`` defaults to the model's.
-    Training accuracy is that of the model's last forward pass on each batch (for adversarial
-    objectives: on the adversarial batch).
+    ``checkpoint_dir`` and resumes from it (see module doc).
+
+    Parameters
+    ----------
+    model : any ``nn.Module`` taking ``dataset``'s inputs; trained in place and moved to
+        ``device``.
+    dataset : train and test splits (inputs in ``dataset.info.bounds``).
+    config : :class:`TrainConfig`; default ``TrainConfig()``.
+    objective : ``objective(model, x, y) -> loss | {group: loss}`` (see
+        :mod:`robustcompress.training.objectives`); default :class:`CrossEntropy`.
+    checkpoint_dir : folder for per-epoch checkpoints and resume state; None = no files.
+    device : ``"auto" | "cpu" | "cuda[:N]"`` or a ``torch.device``; default: the model's.
+    progress : tqdm bar with loss / accuracy, and one line per epoch.
+    resume : continue from ``checkpoint_dir``'s last finished epoch if there is one.
+
+    Returns
+    -------
+    FitResult : ``model``; ``history`` (one dict per epoch: ``epoch, lr, loss[, loss_<group>],
+        train_acc, test_acc, seconds``); ``metrics`` (the last epoch's row plus ``epochs``).
+        Training accuracy is that of the model's last forward pass on each batch (for
+        adversarial objectives: on the adversarial batch).
 
     Raises
     ------
