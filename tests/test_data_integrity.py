@@ -407,3 +407,17 @@ def test_speech_folder_members_are_checked_against_the_list(tmp_path):
     (root / "no/bbbb2222_nohash_0.wav").write_bytes(files["no/bbbb2222_nohash_0.wav"][:-2] + b"\x07\x00")
     with pytest.raises(DataError, match="member no/bbbb2222_nohash_0.wav is corrupted: expected sha256"):
         load_dataset("speech_commands", tmp_path, cache_dir=tmp_path / "c", split="resplit")
+
+
+def test_safe_extract_writes_plain_files_only(tmp_path):
+    arc = tmp_path / "ok.tar"
+    with tarfile.open(arc, "w") as tf:
+        info = tarfile.TarInfo("recordings/0_x_0.wav")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"RIFF"))
+        link = tarfile.TarInfo("recordings/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(DataError, match="unsafe member"):
+        safe_extract(arc, tmp_path / "out")
+    assert not (tmp_path / "out" / "recordings" / "link").exists()

@@ -98,7 +98,10 @@ def safe_extract(archive: Path, dest: Path) -> None:
             for m in members:
                 member_name(archive, m.name)
             dest.mkdir(parents=True, exist_ok=True)
-            tf.extractall(dest, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, members=members, filter="data")
+            else:  # Python < 3.10.12 has no filters: extract plain files and folders only
+                tf.extractall(dest, members=[m for m in members if m.isfile() or m.isdir()])
     except tarfile.FilterError as e:
         raise DataError(f"archive {archive} has an unsafe member ({e}); refusing to extract it") from e
     except _TAR_ERRORS as e:
