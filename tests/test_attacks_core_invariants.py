@@ -215,3 +215,28 @@ def test_batchnorm_in_training_mode_is_warned_about_and_left_in_that_mode():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_attack("fgsm", model, x, y, threat)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.15), ("l2", 0.6)])
+def test_pgd_is_never_weaker_than_madrys_loop_from_the_same_start(norm, eps):
+    from robustcompress.attacks.base import SampleNoise
+
+    model = tiny_mlp(7)
+    x, y = data(7, n=40)
+    threat = ThreatModel(norm, eps, (0.0, 1.0))
+    steps, a = 10, 2.5 * eps / 10
+    res = run_attack("pgd", model, x, y, threat, steps=steps, early_stop=False,
+                     generator=torch.Generator().manual_seed(5))
+    # the same start, then the textbook loop returning its last iterate
+    xa = threat.random_start(x, SampleNoise(len(x), torch.Generator().manual_seed(5), x.device))
+    for _ in range(steps):
+        xa = xa.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y, reduction="sum"), xa)
+        xa = threat.project(xa.detach() + a * threat.steepest(g), x)
+    with torch.no_grad():
+        madry_fooled = model(xa).argmax(1) != y
+        madry_loss = nn.functional.cross_entropy(model(xa), y, reduction="none")
+    assert bool((res.success | ~madry_fooled).all())  # fooled by the loop => fooled by ours
+    robust = ~res.success
+    assert bool((res.extra["objective"][robust] >= madry_loss[robust] - 1e-12).all())
+    assert 0 < int(madry_fooled.sum()) < len(x)
