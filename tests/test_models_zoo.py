@@ -69,6 +69,14 @@ def test_wrong_input_shape_names_expected_and_got(name):
         model(bad)
 
 
+def test_slices_of_sequential_models_still_work():
+    model = build_model("lenet5", MNIST).eval()
+    x = torch.rand(2, 1, 28, 28)
+    head = model[:4]  # normalize, conv1, relu1, pool1
+    assert head(x).shape == (2, 20, 12, 12)
+    assert torch.equal(model[4:](head(x)), model(x))
+
+
 def test_modality_mismatch_and_unknown_name_are_user_errors():
     with pytest.raises(UserInputError, match="soundnet5"):
         build_model("lenet5", FSDD)

@@ -15,7 +15,7 @@ The zoo CONTRACT (see :mod:`robustcompress.models.registry`):
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,13 +42,16 @@ class ZooSequential(nn.Sequential):
     defense can replace ``model.conv1`` with ``setattr(model, "conv1", new)``.
     """
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", input_shape: Sequence[int], name: str):
+    def __init__(self, layers: "OrderedDict[str, nn.Module]",
+                 input_shape: Optional[Sequence[int]] = None, name: str = "model"):
         super().__init__(layers)
-        self.input_shape = tuple(int(s) for s in input_shape)
+        # None for slices (``model[:4]`` rebuilds the class without a shape): no check then
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         self.arch_name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        check_input_shape(x, self.input_shape, self.arch_name)
+        if self.input_shape is not None:
+            check_input_shape(x, self.input_shape, self.arch_name)
         return super().forward(x)
 
 
