@@ -90,6 +90,21 @@ def load_dataset(name: str, root=None, *, download: bool = False, cache_dir=None
     **kw : dataset options (``cifar10``: ``source="auto"|"python"|"jpeg"``; ``fsdd``: ``length``;
         ``imagefolder``: ``mode="L"|"RGB"``).
 
+    Returns
+    -------
+    Dataset
+        ``train``/``test`` splits (float32 ``x`` in ``info.bounds``, int64 ``y``), ``info``, and
+        ``extra``: ``source`` (file or folder read), ``cache_hit`` (bool), and per dataset
+        ``val`` (Speech Commands, official split), ``speakers`` / ``indices`` (audio),
+        ``split_rule`` (Speech Commands).
+
+    Raises
+    ------
+    UserInputError
+        Unknown name or option, bad limit.
+    DataError
+        Data root or dataset not found, file missing or corrupted, unreadable archive or file.
+
     Examples
     --------
     >>> ds = load_dataset("digits", train_limit=100)
