@@ -89,7 +89,9 @@ def test_digits_split_is_fixed_and_stratified():
     assert (len(a.train), len(a.test)) == (1437, 360)
     assert torch.equal(a.test.x, b.test.x) and torch.equal(a.train.y, b.train.y)
     assert a.info.shape == (1, 8, 8) and float(a.train.x.max()) == 1.0 and float(a.train.x.min()) == 0
-    tr, te = digits_mod.split_indices(np.asarray(__import__("sklearn.datasets").datasets.load_digits().target))
+    from sklearn.datasets import load_digits
+
+    tr, te = digits_mod.split_indices(np.asarray(load_digits().target))
     assert not set(tr) & set(te) and len(tr) + len(te) == 1797
     frac = torch.bincount(a.test.y, minlength=10).float() / (torch.bincount(a.train.y, minlength=10)
                                                             + torch.bincount(a.test.y, minlength=10))
