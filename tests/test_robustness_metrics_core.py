@@ -51,6 +51,11 @@ def test_reverse_weibull_fit_recovers_location():
     assert loc == pytest.approx(5.0, rel=0.03) and loc >= sample.max()
     assert p > 0.01
     assert fit_reverse_weibull(np.full(10, 2.5))[0] == 2.5
+    # a sample whose MLE runs away never yields a location far above the observed maximum
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        s = rng.uniform(3.0, 6.0, size=50)
+        assert s.max() <= fit_reverse_weibull(s)[0] <= 2 * s.max()
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -86,5 +91,8 @@ def test_over_pruning_detection_and_plot(tmp_path):
     det = detect_over_pruning(curve, rob_tol=0.1, acc_tol=0.01)
     assert det == {"peak": 3, "over_pruned": 5, "acc_drop": 6}
     assert detect_over_pruning(curve, rob_tol=0.5)["over_pruned"] is None
+    # a collapsed model's inflated r_2 (few correct points left) is not the peak
+    curve.append({"sparsity": 0.99, "r2_deepfool": 5.0, "clean_acc": 0.2, "r_inf_fgsm": 0.1})
+    assert detect_over_pruning(curve)["peak"] == 3
     out = plot_robustness_vs_sparsity(curve, tmp_path / "c.png")
     assert out["over_pruned"] == 5 and (tmp_path / "c.png").stat().st_size > 1000

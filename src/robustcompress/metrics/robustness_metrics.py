@@ -131,12 +131,14 @@ def sample_ball(center: torch.Tensor, n: int, radius: float, norm: str,
     return center.unsqueeze(0) + delta.to(dev)
 
 
-def fit_reverse_weibull(maxima: np.ndarray) -> tuple[float, float]:
+def fit_reverse_weibull(maxima: np.ndarray, max_ratio: float = 2.0) -> tuple[float, float]:
     """Location of a reverse Weibull (``scipy.stats.weibull_max``) fitted to batch maxima.
 
     Returns ``(location, ks_pvalue)``.  The location estimates the maximum of the gradient norm
-    (the local Lipschitz constant).  Degenerate samples (all maxima equal, e.g. a linear model) and
-    fits whose location falls below the observed maximum return the observed maximum (pvalue nan).
+    (the local Lipschitz constant).  Degenerate samples (all maxima equal, e.g. a linear model)
+    return the observed maximum (pvalue nan); so do failed fits: a location below the observed
+    maximum or above ``max_ratio`` times it (scipy's MLE occasionally runs off to a tiny shape and
+    a huge location, which would make the score collapse to ~0).
     """
     from scipy import stats
 
@@ -149,8 +151,8 @@ def fit_reverse_weibull(maxima: np.ndarray) -> tuple[float, float]:
         p = float(stats.kstest(m, "weibull_max", args=(c, loc, scale)).pvalue)
     except Exception:  # scipy's optimiser can fail on odd samples: fall back to the max
         return top, float("nan")
-    if not math.isfinite(loc) or loc < top:
-        return top, p
+    if not math.isfinite(loc) or loc < top or loc > max_ratio * top:
+        return top, float("nan")
     return float(loc), p
 
 
@@ -234,7 +236,7 @@ def detect_over_pruning(curve: Sequence[dict], *, robustness_key: str = "r2_deep
 
     Returns
     -------
-    dict ``peak`` (index of the robustness maximum), ``over_pruned`` (first index after the peak
+    dict ``peak`` (index of the robustness maximum among rounds with fine clean accuracy), ``over_pruned`` (first index after the peak
     where robustness fell by more than the tolerance while clean accuracy is still fine, or None),
     and ``acc_drop`` (first index where clean accuracy fell by more than ``acc_tol``, or None).
     """
@@ -242,9 +244,12 @@ def detect_over_pruning(curve: Sequence[dict], *, robustness_key: str = "r2_deep
         raise UserInputError("over-pruning detection needs a non-empty curve")
     rob = [float(r[robustness_key]) for r in curve]
     acc = [float(r[acc_key]) for r in curve]
-    peak = int(np.nanargmax(rob))
-    limit = rob[peak] * (1 - rob_tol) if relative else rob[peak] - rob_tol
     fine = [a >= acc[0] - acc_tol for a in acc]
+    # the peak is taken over rounds whose clean accuracy is still fine: a collapsed model's r_2 is
+    # measured on its few remaining correct points and is meaningless
+    peak = max((i for i in range(len(rob)) if fine[i] and math.isfinite(rob[i])),
+               key=lambda i: rob[i], default=int(np.nanargmax(rob)))
+    limit = rob[peak] * (1 - rob_tol) if relative else rob[peak] - rob_tol
     over = next((i for i in range(peak + 1, len(rob)) if rob[i] < limit and fine[i]), None)
     acc_drop = next((i for i, f in enumerate(fine) if not f), None)
     return {"peak": peak, "over_pruned": over, "acc_drop": acc_drop}
