@@ -240,3 +240,19 @@ def test_pgd_is_never_weaker_than_madrys_loop_from_the_same_start(norm, eps):
     robust = ~res.success
     assert bool((res.extra["objective"][robust] >= madry_loss[robust] - 1e-12).all())
     assert 0 < int(madry_fooled.sum()) < len(x)
+
+
+def test_a_model_without_input_gradient_gets_zero_gradients_not_a_crash():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_mlp(0)
+
+        def forward(self, x):
+            return self.net(x.detach())
+
+    x, y = data(0)
+    loss, grad = input_gradient(Detached(), x, y)
+    assert torch.equal(grad, torch.zeros_like(x)) and torch.isfinite(loss).all()
+    res = run_attack("pgd", Detached(), x, y, ThreatModel("linf", 0.1, (0.0, 1.0)), random_start=False)
+    assert torch.equal(res.x_adv, x)  # no gradient, no move: the masking checks flag this case

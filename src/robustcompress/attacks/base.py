@@ -326,7 +326,10 @@ def input_gradient(
         obj = fn(logits, _repeat(y, c))
         if targeted:
             obj = -obj
-        (g,) = torch.autograd.grad(obj.sum(), xi, allow_unused=True)
+        if obj.requires_grad:
+            (g,) = torch.autograd.grad(obj.sum(), xi, allow_unused=True)
+        else:  # the output does not depend differentiably on the input (e.g. detached inside)
+            g = None
         g = torch.zeros_like(xi) if g is None else g
         lg = logits.detach().view(c, batch, -1).sum(0) if return_logits else None
         return obj.detach().view(c, batch).sum(0), g, lg
