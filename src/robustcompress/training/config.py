@@ -31,6 +31,12 @@ class TrainConfig(BaseModel):
     seed: int = 0
     eval_batch_size: int = Field(512, ge=1)
     max_batches_per_epoch: Optional[int] = Field(None, ge=1)
+    # Execution options (see robustcompress.training.accel): how the step runs, not what it
+    # optimises. batch_size is the GLOBAL batch under torchrun (split over the ranks).
+    amp: bool = Field(False, description="autocast the training forward (bf16/fp16; not attacks)")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
+    channels_last: bool = Field(False, description="NHWC memory format for 4-D inputs and convs")
+    compile: bool = Field(False, description="torch.compile the model for the training step")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

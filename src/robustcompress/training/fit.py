@@ -17,13 +17,21 @@ Checkpoints (``checkpoint_dir``): after every epoch ``fit`` writes
   :func:`~robustcompress.training.checkpoint.save_checkpoint` (load with ``load_checkpoint``).
 
 Calling ``fit`` again with the same ``checkpoint_dir`` continues after the last finished epoch
-(``resume=False`` starts over). The config must match, except ``epochs``, which may grow.
+(``resume=False`` starts over). The config must match, except ``epochs``, which may grow, and the
+execution options (``amp``, ``amp_dtype``, ``channels_last``, ``compile``).
+
+Under ``torchrun`` (an initialised process group with several processes) ``fit`` trains data
+parallel: ``batch_size`` is the global batch, each rank takes a disjoint shard of every batch,
+gradients are averaged over the ranks, only rank 0 writes checkpoints and prints, and every rank
+ends with identical weights (see :mod:`robustcompress.training.ddp`). Speed options (AMP,
+channels_last, torch.compile, pinned memory) are described in :mod:`robustcompress.training.accel`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -32,8 +40,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from robustcompress.data.info import Dataset
+from robustcompress.data.info import Dataset, Split
 from robustcompress.errors import ConfigError, UserInputError
+from robustcompress.training import accel, ddp
 from robustcompress.training.checkpoint import atomic_save_json, atomic_save_tensors, save_checkpoint
 from robustcompress.training.config import TrainConfig, lr_factor
 from robustcompress.training.evaluate import check_finite_inputs, evaluate_accuracy
@@ -116,9 +125,14 @@ def _optim_from_files(opts: dict[str, torch.optim.Optimizer], tensors: dict, js:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+#: Settings that change how a step runs, not the run: they may differ when resuming.
+EXECUTION_KEYS = ("epochs", "amp", "amp_dtype", "channels_last", "compile")
+
+
 def _config_key(config: TrainConfig) -> dict:
     d = config.model_dump()
-    d.pop("epochs")
+    for k in EXECUTION_KEYS:
+        d.pop(k, None)
     return d
 
 
@@ -163,8 +177,30 @@ def _load_state(ckdir: Path, model: nn.Module, opts, config: TrainConfig) -> tup
 
 # ----------------------------------------------------------------------------- one step
 
-def _step(model, objective, opts, groups, x, y) -> dict[str, float]:
-    loss = objective(model, x, y)
+@dataclass
+class _Exec:
+    """How a step runs: data-parallel world, autocast, gradient scaler."""
+
+    world: ddp.World = field(default_factory=ddp.World)
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.bfloat16
+    scaler: Any = None
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, params, ex: _Exec) -> None:
+    ddp.average_gradients(params, ex.world)
+    if ex.scaler is not None:
+        ex.scaler.step(opt)
+    else:
+        opt.step()
+
+
+def _step(model, objective, opts, groups, x, y, ex: Optional[_Exec] = None) -> dict[str, float]:
+    ex = ex or _Exec()
+    dev = x.device
+    with accel.autocast(ex.amp, dev, ex.amp_dtype):
+        loss = objective(model, x, y)
+    scale = ex.scaler.scale if ex.scaler is not None else (lambda t: t)
     for opt in opts.values():
         opt.zero_grad(set_to_none=True)
     if isinstance(loss, torch.Tensor):
@@ -172,8 +208,11 @@ def _step(model, objective, opts, groups, x, y) -> dict[str, float]:
             raise ConfigError("the objective returned one loss but defines several parameter "
                               "groups; return a dict {group name: loss}")
         _check_loss(loss)
-        loss.backward()
-        next(iter(opts.values())).step()
+        scale(loss).backward()
+        g = next(iter(groups))
+        _optimizer_step(opts[g], groups[g]["params"], ex)
+        if ex.scaler is not None:
+            ex.scaler.update()
         return {"loss": float(loss.detach())}
     if not isinstance(loss, dict):
         raise TypeError(f"objective must return a Tensor or dict of Tensors, got {type(loss)}")
@@ -185,12 +224,14 @@ def _step(model, objective, opts, groups, x, y) -> dict[str, float]:
     for i, g in enumerate(names):  # all gradients first: stepping changes the graph's leaves
         _check_loss(loss[g], g)
         params = groups[g]["params"]
-        grads = torch.autograd.grad(loss[g], params, retain_graph=i < len(names) - 1,
+        grads = torch.autograd.grad(scale(loss[g]), params, retain_graph=i < len(names) - 1,
                                     allow_unused=True)
         for p, gr in zip(params, grads):
             p.grad = gr
     for g in names:
-        opts[g].step()
+        _optimizer_step(opts[g], groups[g]["params"], ex)
+    if ex.scaler is not None:
+        ex.scaler.update()
     logged = {f"loss_{k}": float(v.detach()) for k, v in loss.items()}
     logged["loss"] = sum(float(loss[g].detach()) for g in names)
     return logged
@@ -210,7 +251,15 @@ def _check_loss(loss: torch.Tensor, name: str = "") -> None:
 
 def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Flip each image left-right with probability 1/2 (draws from ``gen``)."""
-    m = torch.rand(x.shape[0], generator=gen) < 0.5
+    return _apply_flip(x, _flip_mask(x.shape[0], gen))
+
+
+def _flip_mask(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` images are flipped (one draw per image of the global batch)."""
+    return torch.rand(n, generator=gen) < 0.5
+
+
+def _apply_flip(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(m.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
 
@@ -219,7 +268,7 @@ def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None, *,
         objective=None, checkpoint_dir: Union[str, Path, None] = None,
         device: Union[str, torch.device, None] = None, progress: bool = True,
-        resume: bool = True) -> FitResult:
+        resume: bool = True, distributed: Optional[bool] = None) -> FitResult:
     """Train ``model`` on ``dataset.train`` with ``objective`` (default cross-entropy).
 
     Evaluates clean accuracy on ``dataset.test`` after every epoch, checkpoints every epoch to
@@ -230,28 +279,92 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     model : any ``nn.Module`` taking ``dataset``'s inputs; trained in place and moved to
         ``device``.
     dataset : train and test splits (inputs in ``dataset.info.bounds``).
-    config : :class:`TrainConfig`; default ``TrainConfig()``.
+    config : :class:`TrainConfig`; default ``TrainConfig()``. ``batch_size`` is the global batch
+        (split over the processes under torchrun).
     objective : ``objective(model, x, y) -> loss | {group: loss}`` (see
         :mod:`robustcompress.training.objectives`); default :class:`CrossEntropy`.
-    checkpoint_dir : folder for per-epoch checkpoints and resume state; None = no files.
-    device : ``"auto" | "cpu" | "cuda[:N]"`` or a ``torch.device``; default: the model's.
-    progress : tqdm bar with loss / accuracy, and one line per epoch.
+    checkpoint_dir : folder for per-epoch checkpoints and resume state; None = no files. Under
+        torchrun it must be on a file system every rank sees (one machine: any folder).
+    device : ``"auto" | "cpu" | "cuda[:N]"`` or a ``torch.device``; default: the model's. Under
+        torchrun on GPUs, ``cuda`` means this rank's ``cuda:LOCAL_RANK``.
+    progress : tqdm bar with loss / accuracy, and one line per epoch (rank 0 only).
     resume : continue from ``checkpoint_dir``'s last finished epoch if there is one.
+    distributed : train data parallel over the initialised process group; None (default) = when
+        one with more than one process exists, False = train on this process alone (every rank
+        would then train its own full copy). Every rank must call ``fit`` with the same
+        arguments.
 
     Returns
     -------
     FitResult : ``model``; ``history`` (one dict per epoch: ``epoch, lr, loss[, loss_<group>],
         train_acc, test_acc, seconds``); ``metrics`` (the last epoch's row plus ``epochs``).
         Training accuracy is that of the model's last forward pass on each batch (for
-        adversarial objectives: on the adversarial batch).
+        adversarial objectives: on the adversarial batch). Under torchrun, loss and accuracies
+        are over all ranks' samples, and identical on every rank.
 
     Raises
     ------
     UserInputError : NaN/inf inputs, inputs whose shape the model does not take.
+    ConfigError : a checkpoint of another config/model; torch.compile failing on this toolchain.
     RuntimeError : the loss became NaN/inf (with advice).
     """
     config = config or TrainConfig()
     objective = objective or CrossEntropy()
+    world = ddp.current_world(distributed)
+    dev = _resolve_fit_device(model, device, world)
+    model.to(dev)
+    progress = progress and world.is_main
+    train = dataset.train
+    if len(train) == 0:
+        raise UserInputError("the training split is empty")
+    check_finite_inputs(train.x, "training inputs")
+    flip = config.flip_enabled(dataset.info.name) and dataset.info.modality == "image"
+    if config.channels_last:
+        accel.to_channels_last(model)
+
+    groups = _groups(model, objective, config)
+    opts = {g: _make_optimizer(v, config) for g, v in groups.items()}
+    base_lrs = {g: v["lr"] for g, v in groups.items()}
+    amp_on = config.amp and accel.objective_allows_amp(objective)
+    note = accel.describe(config, dev, objective)
+    if note and world.is_main:
+        warnings.warn(note, stacklevel=2)
+    dtype = accel.amp_dtype(config.amp_dtype, dev)
+    ex = _Exec(world=world, amp=amp_on, amp_dtype=dtype,
+               scaler=accel.make_scaler(amp_on, dev, dtype))
+
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    start, history = 0, []
+    if ckdir is not None:
+        if world.is_main:
+            ckdir.mkdir(parents=True, exist_ok=True)
+        ddp.barrier(world)
+        if resume and (ckdir / "state.json").is_file():
+            start, history = _load_state(ckdir, model, opts, config)
+    ddp.broadcast_state(model, world)
+
+    train_model = accel.compiled(model, config.compile)
+    last_out: dict[str, torch.Tensor] = {}
+    hook = train_model.register_forward_hook(lambda _m, _i, o: last_out.__setitem__("o", o))
+    try:
+        for epoch in range(start, config.epochs):
+            history.append(_run_epoch(train_model, model, dataset, config, objective, opts, groups,
+                                      base_lrs, epoch, dev, flip, progress, last_out, ex))
+            if ckdir is not None:
+                if world.is_main:
+                    _save_state(ckdir, epoch + 1, model, opts, config, history, objective,
+                                dataset.info)
+                ddp.barrier(world)
+    finally:
+        hook.remove()
+        if config.channels_last:
+            accel.to_contiguous(model)
+    metrics = dict(history[-1]) if history else {}
+    metrics["epochs"] = len(history)
+    return FitResult(model=model, history=history, metrics=metrics)
+
+
+def _resolve_fit_device(model: nn.Module, device, world: ddp.World) -> torch.device:
     if device is None:
         p = next(iter(model.parameters()), None)
         dev = p.device if p is not None else torch.device("cpu")
@@ -259,45 +372,34 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         from robustcompress.device import resolve_device
 
         dev = resolve_device(str(device)) if isinstance(device, str) else torch.device(device)
-    model.to(dev)
-    train = dataset.train
-    if len(train) == 0:
-        raise UserInputError("the training split is empty")
-    check_finite_inputs(train.x, "training inputs")
-    flip = config.flip_enabled(dataset.info.name) and dataset.info.modality == "image"
-
-    groups = _groups(model, objective, config)
-    opts = {g: _make_optimizer(v, config) for g, v in groups.items()}
-    base_lrs = {g: v["lr"] for g, v in groups.items()}
-
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start, history = 0, []
-    if ckdir is not None:
-        ckdir.mkdir(parents=True, exist_ok=True)
-        if resume and (ckdir / "state.json").is_file():
-            start, history = _load_state(ckdir, model, opts, config)
-
-    last_out: dict[str, torch.Tensor] = {}
-    hook = model.register_forward_hook(lambda _m, _i, o: last_out.__setitem__("o", o))
-    try:
-        for epoch in range(start, config.epochs):
-            history.append(_run_epoch(model, dataset, config, objective, opts, groups, base_lrs,
-                                      epoch, dev, flip, progress, last_out))
-            if ckdir is not None:
-                _save_state(ckdir, epoch + 1, model, opts, config, history, objective,
-                            dataset.info)
-    finally:
-        hook.remove()
-    metrics = dict(history[-1]) if history else {}
-    metrics["epochs"] = len(history)
-    return FitResult(model=model, history=history, metrics=metrics)
+    if dev.type == "cuda" and dev.index is None:
+        # this rank's GPU under torchrun (init_from_env sets it), else the current one
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
-def _run_epoch(model, dataset, config, objective, opts, groups, base_lrs, epoch, dev, flip,
-               progress, last_out) -> dict:
+def _shard_split(split: Split, world: ddp.World) -> Split:
+    return Split(split.x[world.rank:: world.size], split.y[world.rank:: world.size])
+
+
+def _test_accuracy(model: nn.Module, test: Split, config: TrainConfig, dev, world) -> float:
+    """Clean test accuracy; under torchrun each rank evaluates ``test[rank::world]`` and the
+    correct counts are summed."""
+    if not world.active:
+        return evaluate_accuracy(model, test, config.eval_batch_size, dev)
+    part = _shard_split(test, world)
+    correct = evaluate_accuracy(model, part, config.eval_batch_size, dev) * len(part) \
+        if len(part) else 0.0
+    tot = ddp.sum_over_ranks({"correct": round(correct), "n": len(part)}, world, dev)
+    return tot["correct"] / tot["n"]
+
+
+def _run_epoch(train_model, model, dataset, config, objective, opts, groups, base_lrs, epoch,
+               dev, flip, progress, last_out, ex: _Exec) -> dict:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    w = ex.world
     factor = lr_factor(config, epoch)
     for g, opt in opts.items():
         for pg in opt.param_groups:
@@ -307,32 +409,37 @@ def _run_epoch(model, dataset, config, objective, opts, groups, base_lrs, epoch,
     seed = epoch_seed(config.seed, epoch)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
-    starts = list(range(0, n, bs))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()  # a 1-sample batch breaks BatchNorm in train mode
-    if config.max_batches_per_epoch:
-        starts = starts[: config.max_batches_per_epoch]
+    starts = ddp.batch_starts(n, bs, w.size, config.max_batches_per_epoch)
     forks = [dev] if dev.type == "cuda" else []
     sums = {"loss": 0.0}
-    correct = seen = 0
+    correct = seen = count = 0
     bar = tqdm(starts, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                leave=False, unit="batch")
     with torch.random.fork_rng(devices=forks):
-        torch.manual_seed(seed)
+        torch.manual_seed(ddp.rank_seed(seed, w.rank))
         if hasattr(objective, "train_mode"):
             objective.train_mode(model)
         else:
             model.train()
         for i, s in enumerate(bar):
             idx = perm[s: s + bs]
+            fmask = _flip_mask(len(idx), gen) if flip else None  # global batch: same on all ranks
+            idx = ddp.shard(idx, w)
             xb, yb = train.x[idx], train.y[idx]
-            if flip:
-                xb = _flip(xb, gen)
-            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            if fmask is not None:
+                xb = _apply_flip(xb, ddp.shard(fmask, w))
+            xb = accel.batch_to(xb, dev, channels_last=config.channels_last)
+            yb = accel.batch_to(yb, dev, channels_last=False)
             last_out.clear()
-            logged = _step(model, objective, opts, groups, xb, yb)
+            try:
+                logged = _step(train_model, objective, opts, groups, xb, yb, ex)
+            except Exception as e:
+                if config.compile and accel.is_compile_failure(e):
+                    raise accel.compile_error(e) from e
+                raise
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
+            count += len(idx)
             o = last_out.get("o")
             if isinstance(o, torch.Tensor) and o.dim() == 2 and o.shape[0] == len(yb):
                 correct += int((o.detach().argmax(1) == yb).sum())
@@ -341,13 +448,15 @@ def _run_epoch(model, dataset, config, objective, opts, groups, base_lrs, epoch,
                 bar.set_postfix(loss=f"{logged['loss']:.4f}",
                                 acc=f"{correct / max(seen, 1):.3f}")
     bar.close()
-    count = sum(len(perm[s: s + bs]) for s in starts)
+    ddp.average_buffers(model, w)
+    tot = ddp.sum_over_ranks({**{f"sum_{k}": v for k, v in sums.items()}, "correct": correct,
+                              "seen": seen, "count": count}, w, dev)
     row = {"epoch": epoch + 1, "lr": base_lrs[next(iter(base_lrs))] * factor}
-    row.update({k: v / max(count, 1) for k, v in sums.items()})
-    row["train_acc"] = correct / seen if seen else float("nan")
+    row.update({k: tot[f"sum_{k}"] / max(tot["count"], 1) for k in sums})
+    row["train_acc"] = tot["correct"] / tot["seen"] if tot["seen"] else float("nan")
     row["train_seconds"] = time.perf_counter() - t0
     if len(dataset.test):
-        row["test_acc"] = evaluate_accuracy(model, dataset.test, config.eval_batch_size, dev)
+        row["test_acc"] = _test_accuracy(model, dataset.test, config, dev, w)
     row["seconds"] = time.perf_counter() - t0
     if progress:
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, train acc "

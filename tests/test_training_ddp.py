@@ -1,0 +1,124 @@
+"""Data-parallel fit under torch.distributed (2 CPU processes, gloo).
+
+One spawn runs, on both ranks: an uninterrupted 3-epoch run (dir A), and a run that crashes at
+the start of epoch 3 followed by a resume of the same call (dir B). Rank 1's checkpoint writer is
+booby-trapped, so the run fails if any rank but 0 writes a checkpoint.
+"""
+
+import importlib
+import json
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from robustcompress.data import load_dataset
+from robustcompress.models import build_model
+from robustcompress.training import TrainConfig, fit
+from robustcompress.training import ddp
+
+fit_module = importlib.import_module("robustcompress.training.fit")
+
+CFG = dict(epochs=3, batch_size=64, optimizer="adam", lr=3e-3, seed=7)
+
+
+def _data():
+    return load_dataset("digits", train_limit=600, test_limit=300)
+
+
+def _model(data, seed):
+    torch.manual_seed(seed)
+    return build_model("lenet300", data.info)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        data = _data()
+        if rank != 0:  # only rank 0 may write checkpoints
+            def trap(*a, **k):
+                raise AssertionError("a rank other than 0 wrote a checkpoint")
+            fit_module._save_state = trap
+        # different initialisations per rank: fit must start every rank from rank 0's weights
+        res = fit(_model(data, 100 + rank), data, TrainConfig(**CFG), checkpoint_dir=f"{out}/A",
+                  progress=False)
+        save_file({k: v.contiguous() for k, v in res.model.state_dict().items()},
+                  f"{out}/A-rank{rank}.safetensors")
+        if rank == 0:
+            with open(f"{out}/history.json", "w") as f:
+                json.dump(res.history, f)
+
+        real = fit_module._run_epoch
+
+        def crashing(*a, **k):
+            if a[8] == 2:  # the epoch argument: die before epoch 3, after 2 checkpoints
+                raise Crash()
+            return real(*a, **k)
+
+        fit_module._run_epoch = crashing
+        try:
+            fit(_model(data, 100 + rank), data, TrainConfig(**CFG), checkpoint_dir=f"{out}/B",
+                progress=False)
+            raise AssertionError("the simulated crash did not happen")
+        except Crash:
+            pass
+        fit_module._run_epoch = real
+        res = fit(_model(data, 555 + rank), data, TrainConfig(**CFG), checkpoint_dir=f"{out}/B",
+                  progress=False)
+        save_file({k: v.contiguous() for k, v in res.model.state_dict().items()},
+                  f"{out}/B-rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shards_are_disjoint_equal_and_cover_the_usable_batch():
+    idx = torch.randperm(67, generator=torch.Generator().manual_seed(0))
+    parts = [ddp.shard(idx, ddp.World(r, 3)) for r in range(3)]
+    assert {len(p) for p in parts} == {22}
+    got = torch.cat(parts).sort().values
+    assert torch.equal(got, idx[:66].sort().values)
+
+
+def test_trailing_batch_is_dropped_when_a_rank_would_get_one_sample():
+    assert ddp.batch_starts(130, 64, 2, None) == [0, 64]  # last batch: 2 samples -> 1 per rank
+    assert ddp.batch_starts(132, 64, 2, None) == [0, 64, 128]
+    assert ddp.batch_starts(129, 64, 1, None) == [0, 64]  # one process: the old 1-sample rule
+
+
+@pytest.mark.dist
+def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    a0, a1 = (load_file(str(tmp_path / f"A-rank{r}.safetensors")) for r in (0, 1))
+    b0, b1 = (load_file(str(tmp_path / f"B-rank{r}.safetensors")) for r in (0, 1))
+    for k in a0:
+        assert torch.equal(a0[k], a1[k]), f"ranks differ in {k}"
+        assert torch.equal(b0[k], b1[k]), f"ranks differ in {k} after resume"
+        assert torch.equal(a0[k], b0[k]), f"crash + resume differs from the uninterrupted run in {k}"
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert hist[-1]["test_acc"] > 0.8  # chance is 0.1
+    for d in ("A", "B"):
+        meta = json.loads((tmp_path / d / "state.json").read_text())
+        assert meta["epoch"] == 3
+        assert (tmp_path / d / "model.safetensors").is_file()
+
+    # global batch semantics: 2 ranks x 32 samples ~ 1 process x 64 (same start, same batches)
+    data = _data()
+    one = fit(_model(data, 100), data, TrainConfig(**{**CFG, "epochs": 3}), progress=False)
+    for k, v in one.model.state_dict().items():
+        assert torch.allclose(v, a0[k], atol=1e-4, rtol=1e-3), k
