@@ -203,7 +203,8 @@ class Runner:
         tcfg = TrainConfig(**{"seed": cfg.seed, **cfg.training})
         self.log(f"[train] base {cfg.model.name} on {cfg.dataset.name} for {tcfg.epochs} epoch(s)")
         res = fit(model, self.dataset, tcfg, checkpoint_dir=self.out / "train" / f"base-{self.base_key()}",
-                  device=self.device, progress=self.progress and self.rank == 0)
+                  device=self.device, progress=self.progress and self.rank == 0,
+                  distributed=tcfg.data_parallel is True)  # replicated unless asked: exact results
         model = res.model
         if self.rank == 0:
             save_checkpoint(model, path, {"config": tcfg.model_dump(mode="json"), "metrics": res.metrics,
@@ -226,7 +227,8 @@ class Runner:
             tcfg = TrainConfig(**{**train_settings, **overrides})
             sub = workdir / stable_hash([tcfg.model_dump(mode="json"), repr(objective)])
             return fit(model, self.dataset, tcfg, objective=objective, checkpoint_dir=sub,
-                       device=self.device, progress=self.progress and self.rank == 0).model
+                       device=self.device, progress=self.progress and self.rank == 0,
+                       distributed=tcfg.data_parallel is True).model
 
         ctx = DefenseContext(dataset=self.dataset, device=self.device, seed=self.cfg.seed,
                              workdir=workdir, fit=ctx_fit, progress=self.progress,

@@ -37,6 +37,9 @@ class TrainConfig(BaseModel):
     amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
     channels_last: bool = Field(False, description="NHWC memory format for 4-D inputs and convs")
     compile: bool = Field(False, description="torch.compile the model for the training step")
+    data_parallel: Optional[bool] = Field(
+        None, description="under torchrun: None/True = split every batch over the processes and "
+        "average gradients; False = every process trains its own full copy")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

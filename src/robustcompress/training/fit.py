@@ -126,7 +126,7 @@ def _optim_from_files(opts: dict[str, torch.optim.Optimizer], tensors: dict, js:
 # ----------------------------------------------------------------------------- checkpoints
 
 #: Settings that change how a step runs, not the run: they may differ when resuming.
-EXECUTION_KEYS = ("epochs", "amp", "amp_dtype", "channels_last", "compile")
+EXECUTION_KEYS = ("epochs", "amp", "amp_dtype", "channels_last", "compile", "data_parallel")
 
 
 def _config_key(config: TrainConfig) -> dict:
@@ -289,10 +289,10 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         torchrun on GPUs, ``cuda`` means this rank's ``cuda:LOCAL_RANK``.
     progress : tqdm bar with loss / accuracy, and one line per epoch (rank 0 only).
     resume : continue from ``checkpoint_dir``'s last finished epoch if there is one.
-    distributed : train data parallel over the initialised process group; None (default) = when
-        one with more than one process exists, False = train on this process alone (every rank
-        would then train its own full copy). Every rank must call ``fit`` with the same
-        arguments.
+    distributed : train data parallel over the initialised process group; None (default) =
+        ``config.data_parallel`` (None there = whenever a group with several processes exists);
+        False = train on this process alone (every rank then trains its own full copy, as the
+        experiment runner does by default). Every rank must call ``fit`` with the same arguments.
 
     Returns
     -------
@@ -310,7 +310,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     """
     config = config or TrainConfig()
     objective = objective or CrossEntropy()
-    world = ddp.current_world(distributed)
+    world = ddp.current_world(config.data_parallel if distributed is None else distributed)
     dev = _resolve_fit_device(model, device, world)
     model.to(dev)
     progress = progress and world.is_main
