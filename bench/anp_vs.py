@@ -1,0 +1,159 @@
+"""ANP-VS reproduction at CPU scale + size/latency of the exported model (Madaan et al., ICML 2020).
+
+MNIST / LeNet-5: a standard-trained base, PGD adversarial training (fine-tuned from the base) and
+ANP-VS (from the base), evaluated like the original code: white-box PGD-40 (eps 0.3, step 0.01,
+random start) on the eval-mode network, vulnerability V (mean |z - z_adv| over the post-ReLU
+features), channels pruned (E[pi] <= 1e-3), and parameters / MACs / bytes / batch-1 latency of the
+structurally exported model vs the dense one. Stages are cached in --out, so each stage can run
+separately (each stays under ten minutes on one CPU thread):
+
+    OMP_NUM_THREADS=1 python bench/anp_vs.py --stage standard
+    OMP_NUM_THREADS=1 python bench/anp_vs.py --stage pgd_at
+    OMP_NUM_THREADS=1 python bench/anp_vs.py --stage anp_vs
+    OMP_NUM_THREADS=1 python bench/anp_vs.py --stage evaluate
+
+Deviations from the original recipe (200 epochs on 60k images): 5k training images, 3 epochs of
+standard training, 3 epochs of AT / ANP-VS, mask learning rate 5e-2 instead of 1e-2 (so that
+masks can reach the threshold in ~240 steps), evaluation on 1000 test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from robustcompress.attacks import ThreatModel, run_attack
+from robustcompress.data import load_dataset
+from robustcompress.defenses.adversarial_training import adversarial_training
+from robustcompress.defenses.anp_vs import anp_vs, default_config, export_pruned, probe_inputs
+from robustcompress.metrics.compression import count_macs, count_parameters, exported_bytes, measure_latency
+from robustcompress.metrics.vulnerability import measure_vulnerability, plot_vulnerability_histograms
+from robustcompress.models import build_model
+from robustcompress.nn.beta_bernoulli import add_bb_masks, mask_summary
+from robustcompress.training import TrainConfig, fit, load_checkpoint, save_checkpoint
+
+EPS, STEP, TRAIN_STEPS, EVAL_STEPS = 0.3, 0.01, 20, 40
+
+
+def data(train_limit: int, test_limit: int):
+    return load_dataset("mnist", train_limit=train_limit, test_limit=test_limit)
+
+
+def stage_standard(out: Path, ds, epochs: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet5", ds.info)
+    fit(model, ds, TrainConfig(epochs=epochs, batch_size=64, seed=0), progress=False)
+    save_checkpoint(model, out / "standard", {})
+
+
+def stage_pgd_at(out: Path, ds, epochs: int) -> None:
+    base = load_checkpoint(out / "standard")
+    net = adversarial_training(base, ds, attack="pgd", eps=EPS, steps=TRAIN_STEPS, step_size=STEP,
+                               config=TrainConfig(epochs=epochs, batch_size=64, seed=0),
+                               generator=torch.Generator().manual_seed(0))
+    net.robustcompress_defenses = [{"name": "adversarial_training", "params": {
+        "attack": "pgd", "eps": EPS, "steps": TRAIN_STEPS, "step_size": STEP, "epochs": epochs}}]
+    save_checkpoint(net, out / "pgd_at", {})
+
+
+def stage_anp_vs(out: Path, ds, epochs: int, mask_lr: float) -> None:
+    base = load_checkpoint(out / "standard")
+    net = anp_vs(base, ds, eps=EPS, steps=TRAIN_STEPS, step_size=STEP, beta=4.0, lam=1e-3,
+                 mask_lr=mask_lr, config=default_config(epochs), generator=torch.Generator().manual_seed(0))
+    net.robustcompress_defenses = [{"name": "anp_vs", "params": {
+        "eps": EPS, "steps": TRAIN_STEPS, "step_size": STEP, "mask_lr": mask_lr, "epochs": epochs,
+        "export": False}}]
+    save_checkpoint(net, out / "anp_vs_masked", {})
+
+
+def _size(model, shape) -> dict:
+    return {"params": count_parameters(model), "macs": count_macs(model, shape),
+            "bytes": exported_bytes(model),
+            "latency_ms": measure_latency(model, shape, batch_size=1, repeats=30)}
+
+
+def stage_evaluate(out: Path, ds) -> dict:
+    threat = ThreatModel.from_spec("linf", EPS, ds.info)
+    x, y = ds.test.x, ds.test.y
+    rows, reports = {}, {}
+    for name in ("standard", "pgd_at", "anp_vs_masked"):
+        model = load_checkpoint(out / name).eval()
+        t0 = time.perf_counter()
+        res = run_attack("pgd", model, x, y, threat, steps=EVAL_STEPS, step_size=STEP,
+                         generator=torch.Generator().manual_seed(1))
+        # one batch: the attack is called once, on all of x, and returns the PGD-40 examples above
+        rep = measure_vulnerability(model, x, y, lambda *_a, _r=res: _r.x_adv, batch_size=len(y))
+        with torch.no_grad():
+            clean = float((model(x).argmax(1) == y).float().mean())
+        row = {"clean": clean, "pgd40": res.robust_accuracy, "V": rep.V, "per_layer_V": rep.per_layer,
+               "eval_seconds": time.perf_counter() - t0}
+        label = "ANP-VS" if name.startswith("anp") else ("PGD-AT" if name == "pgd_at" else "standard")
+        reports[label] = rep
+        if name.startswith("anp"):
+            row["channels"] = {k: list(v) for k, v in mask_summary(model).items()}
+            exp = export_pruned(model, probe_inputs(ds.info))
+            small = exp.model.eval()
+            with torch.no_grad():
+                row["export_max_abs_diff"] = float((small(x[:256]) - model(x[:256])).abs().max())
+            row["size_dense"] = _size(load_checkpoint(out / "standard").eval(), ds.info.shape)
+            row["size_exported"] = _size(small, ds.info.shape)
+            row["zeroed"] = exp.zeroed
+            total = sum(t for _, t in row["channels"].values())
+            row["pruned_units_pct"] = 100.0 * (1 - sum(k for k, _ in row["channels"].values()) / total)
+        rows[label] = row
+    plot_vulnerability_histograms(reports, out / "vulnerability_hist.png")
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def report(rows: dict) -> str:
+    lines = ["| model | clean | PGD-40 (eps 0.3) | V | README clean / PGD |", "|---|---|---|---|---|"]
+    paper = {"PGD-AT": "99.14 / 88.03", "ANP-VS": "99.05 / 91.31", "standard": "-"}
+    for k, r in rows.items():
+        lines.append(f"| {k} | {100 * r['clean']:.2f} | {100 * r['pgd40']:.2f} | {r['V']:.4f} | {paper[k]} |")
+    a = rows.get("ANP-VS")
+    if a:
+        d, e = a["size_dense"], a["size_exported"]
+        lines += ["", f"ANP-VS pruned units: {a['pruned_units_pct']:.2f}% (channels {a['channels']})",
+                  "| | params | MACs | bytes on disk | latency batch 1 (ms) |", "|---|---|---|---|---|",
+                  f"| dense LeNet-5 | {d['params']:,} | {d['macs']:,} | {d['bytes']:,} | {d['latency_ms']:.3f} |",
+                  f"| ANP-VS exported | {e['params']:,} | {e['macs']:,} | {e['bytes']:,} | {e['latency_ms']:.3f} |",
+                  f"| ratio | {d['params'] / e['params']:.2f}x | {d['macs'] / e['macs']:.2f}x | "
+                  f"{d['bytes'] / e['bytes']:.2f}x | {d['latency_ms'] / e['latency_ms']:.2f}x |",
+                  f"max |exported - masked| = {a['export_max_abs_diff']:.2e}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=["standard", "pgd_at", "anp_vs", "evaluate", "all"], default="all")
+    ap.add_argument("--out", default="runs/anp-vs-bench")
+    ap.add_argument("--train-limit", type=int, default=5000)
+    ap.add_argument("--test-limit", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--mask-lr", type=float, default=5e-2)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = data(args.train_limit, args.test_limit)
+    stages = ["standard", "pgd_at", "anp_vs", "evaluate"] if args.stage == "all" else [args.stage]
+    for st in stages:
+        t0 = time.perf_counter()
+        if st == "standard":
+            stage_standard(out, ds, args.epochs)
+        elif st == "pgd_at":
+            stage_pgd_at(out, ds, args.epochs)
+        elif st == "anp_vs":
+            stage_anp_vs(out, ds, args.epochs, args.mask_lr)
+        else:
+            print(report(stage_evaluate(out, ds)))
+        print(f"[{st}] {time.perf_counter() - t0:.1f}s (torch {torch.__version__}, "
+              f"{torch.get_num_threads()} thread(s))")
+
+
+if __name__ == "__main__":
+    main()
