@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--dataset", default="mnist")
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--attacks", nargs="+", default=["fgsm", "pgd"])
     p.add_argument("--binary", action="store_true", help="XNOR-binary variant (Table 4 shape)")
     p.add_argument("--surrogates", nargs="+", default=["identity"],
                    help="BPDA surrogates of the paper-protocol attacks on binary nets")
@@ -94,7 +96,7 @@ def main() -> None:
     t0 = time.perf_counter()
     data = load_dataset(args.dataset, train_limit=args.train, test_limit=max(args.n, 1000))
     torch.manual_seed(args.seed)
-    base = build_model("lenet5", data.info)
+    base = build_model(args.model, data.info)
     fit(base, data, TrainConfig(epochs=args.epochs, seed=args.seed), progress=False)
     t1 = tensorize(base, rank=1.0, theta=1.0, binary=args.binary)  # first and last layers dense (our default)
     x, y = data.test.x[:args.n], data.test.y[:args.n]
@@ -112,7 +114,7 @@ def main() -> None:
                                                      generator=torch.Generator().manual_seed(5))}
         for eps in args.eps:
             threat = ThreatModel.from_spec("linf", eps, data.info)
-            for attack in ("fgsm", "pgd"):
+            for attack in args.attacks:
                 for sur in args.surrogates:
                     tag = "" if sur == "identity" else f"_{sur}"
                     row[f"{attack}_{eps}_paper{tag}"] = attack_acc(
