@@ -1,8 +1,6 @@
-"""CLI command: evaluate-adaptive (the adaptive robustness evaluation of a checkpoint).
-
-Also holds :func:`run_adaptive`, which ``robustcompress evaluate --adaptive`` (commands/train.py)
-calls with the dataset's default budget.
-"""
+"""CLI command: evaluate-adaptive (the adaptive robustness evaluation of a checkpoint, with
+every budget of the battery as an option; ``robustcompress evaluate --adaptive`` runs the same
+evaluation with the defaults)."""
 
 from __future__ import annotations
 
@@ -14,20 +12,12 @@ import typer
 
 from robustcompress.errors import UserInputError
 
-#: Budget used by ``evaluate --adaptive`` (which has no --eps): the usual one for each dataset
-#: (Madry et al.'s 0.3 for MNIST-like digits, 8/255 for CIFAR-10, 0.002 raw units for audio).
-DEFAULT_BUDGETS = {
-    "digits": ("linf", "0.3"), "mnist": ("linf", "0.3"), "cifar10": ("linf", "8/255"),
-    "imagefolder": ("linf", "8/255"), "speech_commands": ("linf", "0.002"),
-    "fsdd": ("linf", "0.002"),
-}
 
-
-def run_adaptive(model, split, info, *, device, seed: int, norm: Optional[str] = None,
-                 eps: Optional[str] = None, eps_scale: Optional[float] = None,
-                 surrogate=None, json_path: Optional[Path] = None, **kw):
-    """Evaluate ``model`` on ``split`` (a :class:`robustcompress.data.info.Split`) and print the
-    report; ``norm``/``eps`` default to :data:`DEFAULT_BUDGETS` of the dataset."""
+def run_adaptive(model, split, info, *, device, seed: int, norm: str, eps: str,
+                 eps_scale: Optional[float] = None, surrogate=None,
+                 json_path: Optional[Path] = None, **kw):
+    """Evaluate ``model`` on ``split`` (a :class:`robustcompress.data.info.Split`), print the
+    report and optionally write it as JSON; ``kw`` goes to ``evaluate_robustness``."""
     import torch
     from rich.console import Console
 
@@ -35,11 +25,7 @@ def run_adaptive(model, split, info, *, device, seed: int, norm: Optional[str] =
     from robustcompress.attacks.adaptive import evaluate_robustness
 
     console = Console()
-    if eps is None:
-        norm, eps = DEFAULT_BUDGETS.get(info.name, ("linf", "8/255"))
-        console.print(f"budget: {norm} eps={eps} (the default for {info.name}; use "
-                      "`robustcompress evaluate-adaptive --eps ...` for another)", highlight=False)
-    threat = ThreatModel.from_spec(norm or "linf", eps, info, eps_scale=eps_scale)
+    threat = ThreatModel.from_spec(norm, eps, info, eps_scale=eps_scale)
     x, y = split.x.to(device), split.y.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     report = evaluate_robustness(model, x, y, threat, surrogate_model=surrogate, generator=gen, **kw)
