@@ -152,3 +152,17 @@ def test_report_renders(round_model, digits_eval):
     rep.render(console)
     text = console.export_text()
     assert "apgd-ce" in text and "worst" in text and "BPDA identity" in text
+
+
+def test_report_does_not_depend_on_batch_size(digits_eval):
+    xtr, ytr, x, y = digits_eval
+    model = train_mlp(make_mlp(seed=2), xtr, ytr, steps=60)
+    threat = ThreatModel.from_spec("linf", 0.05)
+    kw = dict(apgd_steps=5, square_queries=30, checks=False, progress=False)
+    whole = evaluate_robustness(model, x[:40], y[:40], threat,
+                                generator=torch.Generator().manual_seed(3), **kw)
+    split = evaluate_robustness(model, x[:40], y[:40], threat, batch_size=7,
+                                generator=torch.Generator().manual_seed(3), **kw)
+    assert 0 < whole.robust_accuracy < whole.clean_accuracy  # a non-trivial cascade
+    assert torch.equal(whole.per_sample["broken_by"], split.per_sample["broken_by"])
+    assert torch.allclose(whole.x_adv, split.x_adv, atol=1e-6)
