@@ -112,6 +112,7 @@ def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
     assert hist[-1]["test_acc"] > 0.8  # chance is 0.1
+    assert hist[-1]["processes"] == 2
     for d in ("A", "B"):
         meta = json.loads((tmp_path / d / "state.json").read_text())
         assert meta["epoch"] == 3
@@ -122,3 +123,43 @@ def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp
     one = fit(_model(data, 100), data, TrainConfig(**{**CFG, "epochs": 3}), progress=False)
     for k, v in one.model.state_dict().items():
         assert torch.allclose(v, a0[k], atol=1e-4, rtol=1e-3), k
+
+
+def test_scale_info_prints_the_launch_lines_and_the_context(capsys):
+    from robustcompress.cli import main
+
+    assert main(["scale-info", "--nproc", "3", "--config", "demo.yaml", "--dataset", "digits",
+                 "--model", "lenet5", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "torchrun --nproc_per_node 3 -m robustcompress.cli run demo.yaml --device cpu" in out
+    assert "torchrun --nproc_per_node 3 -m robustcompress.cli train --dataset digits --model lenet5" in out
+    assert "gloo available" in out and "not initialised" in out
+
+
+def test_scale_info_refuses_more_gpu_processes_than_gpus(capsys):
+    from robustcompress.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible; the no-GPU error path cannot be exercised")
+    assert main(["scale-info", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_train_cli_under_torchrun_is_data_parallel_and_rank0_only_prints(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "robustcompress.cli", "train", "--dataset", "digits", "--model",
+           "lenet300", "--epochs", "2", "--batch-size", "64", "--train-limit", "400",
+           "--test-limit", "200", "--out", str(run), "--no-progress", "--device", "cpu"]
+    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert p.stdout.count("robustcompress train") == 1  # one summary table: rank 0's
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["metrics"]["test_acc"] > 0.7 and meta["metrics"]["processes"] == 2

@@ -77,8 +77,14 @@ def train_cmd(
     test_limit: Optional[int] = typer.Option(None, help="Use only this many test samples."),
     max_batches: Optional[int] = typer.Option(None, help="Stop each epoch after this many batches."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    amp: bool = typer.Option(False, help="Mixed precision for the training step (bf16/fp16 on GPU, bf16 on CPU)."),
+    channels_last: bool = typer.Option(False, help="NHWC memory format for conv inputs and weights."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model for training."),
 ) -> None:
     """Train a zoo model on a dataset and write a checkpoint (safetensors + JSON).
+
+    Under torchrun (`torchrun --nproc_per_node 2 -m robustcompress.cli train ...`) the processes
+    train one model data parallel: --batch-size is the global batch, rank 0 prints and writes.
 
     Options left out come from the dataset's recipe (RECIPES in this module: digits 10 epochs
     batch 64; mnist 2 epochs; fsdd 12 epochs batch 32 cosine; cifar10 SGD 0.05 cosine), then from
@@ -101,7 +107,8 @@ def train_cmd(
         config = TrainConfig(
             **recipe, momentum=momentum, gamma=gamma, seed=seed,
             milestones=[int(m) for m in milestones.split(",")] if milestones else [],
-            max_batches_per_epoch=max_batches)
+            max_batches_per_epoch=max_batches, amp=amp, channels_last=channels_last,
+            compile=compile_)
     except (ValidationError, ValueError) as e:
         msgs = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
         raise UserInputError("invalid training option: " + "; ".join(
@@ -117,7 +124,20 @@ def train_cmd(
     torch.manual_seed(seed)  # weight initialisation (the CLI owns its process's global RNG)
     net = build_model(model, data.info)
     run = Path(out or f"runs/{dataset}-{model}-s{seed}")
-    res = fit(net, data, config, checkpoint_dir=run, device=dev, progress=progress, resume=resume)
+    from robustcompress.experiments import distributed as du
+
+    started = not du.is_distributed() and du.init_from_env(dev)  # launched by torchrun
+    rank = du.rank_and_world()[0]
+    try:
+        res = fit(net, data, config, checkpoint_dir=run, device=dev, progress=progress,
+                  resume=resume)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:
+        return  # other ranks stay quiet
     m = res.metrics
     rows = [
         ("dataset", f"{data.info.name} ({len(data.train)} train / {len(data.test)} test)"

@@ -297,7 +297,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     Returns
     -------
     FitResult : ``model``; ``history`` (one dict per epoch: ``epoch, lr, loss[, loss_<group>],
-        train_acc, test_acc, seconds``); ``metrics`` (the last epoch's row plus ``epochs``).
+        train_acc, test_acc, seconds, processes``); ``metrics`` (the last epoch's row plus ``epochs``).
         Training accuracy is that of the model's last forward pass on each batch (for
         adversarial objectives: on the adversarial batch). Under torchrun, loss and accuracies
         are over all ranks' samples, and identical on every rank.
@@ -455,6 +455,7 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
     row.update({k: tot[f"sum_{k}"] / max(tot["count"], 1) for k in sums})
     row["train_acc"] = tot["correct"] / tot["seen"] if tot["seen"] else float("nan")
     row["train_seconds"] = time.perf_counter() - t0
+    row["processes"] = w.size
     if len(dataset.test):
         row["test_acc"] = _test_accuracy(model, dataset.test, config, dev, w)
     row["seconds"] = time.perf_counter() - t0
