@@ -102,3 +102,19 @@ def test_random_steps_and_eps_are_sampled_from_generator():
     obj2 = AdversarialTraining(threat, steps=7, step_size=0.03, random_steps=True, random_eps=True,
                                min_eps_fraction=0.5, generator=torch.Generator().manual_seed(0))
     assert [obj2.sample_budget()[1] for _ in range(20)] == [s for _, s, _ in draws[:20]]
+
+
+def test_defense_spec_fine_tunes_a_copy_and_records_recipe(digits):
+    from robustcompress.defenses import DefenseContext, get_defense
+
+    torch.manual_seed(0)
+    model = build_model("lenet300", digits.info, hidden=(32,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = get_defense("adversarial_training")
+    ctx = DefenseContext(dataset=digits, device=torch.device("cpu"), progress=False)
+    out = spec.apply(model, spec.Params(attack="rfgsm", eps=0.1, epochs=1), ctx)[""]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not all(torch.equal(before[k], v) for k, v in out.state_dict().items())
+    rec = out.robustcompress_defenses[-1]
+    assert rec["name"] == "adversarial_training" and rec["params"]["attack"] == "rfgsm"
+    assert spec.structure(model, spec.Params()) is model
