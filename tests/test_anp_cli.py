@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from robustcompress.cli import main
@@ -10,6 +11,7 @@ from robustcompress.models import build_model
 from robustcompress.training import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 
+@pytest.mark.slow
 def test_anp_and_advtrain_commands(tmp_path, capsys):
     ds = load_dataset("digits")
     torch.manual_seed(0)
