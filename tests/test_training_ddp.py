@@ -38,6 +38,29 @@ class Crash(RuntimeError):
     pass
 
 
+class TwoGroups:
+    """A two-optimizer objective (the ANP-VS shape): first layer vs the rest, own losses."""
+
+    def param_groups(self, model):
+        first = list(model.get_submodule("fc1").parameters())
+        ids = {id(p) for p in first}
+        return {"first": {"params": first, "lr": 1e-2, "optimizer": "sgd"},
+                "rest": {"params": [p for p in model.parameters() if id(p) not in ids]}}
+
+    def __call__(self, model, x, y):
+        out = model(x)
+        ce = torch.nn.functional.cross_entropy(out, y)
+        return {"first": ce, "rest": ce + 0.01 * out.pow(2).mean()}
+
+    def __repr__(self):
+        return "TwoGroups()"
+
+
+def _two_group_fit(data, seed):
+    cfg = TrainConfig(**{**CFG, "epochs": 1})
+    return fit(_model(data, seed), data, cfg, objective=TwoGroups(), progress=False).model
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -56,6 +79,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         if rank == 0:
             with open(f"{out}/history.json", "w") as f:
                 json.dump(res.history, f)
+
+        g = _two_group_fit(data, 100 + rank)
+        save_file({k: v.contiguous() for k, v in g.state_dict().items()},
+                  f"{out}/G-rank{rank}.safetensors")
 
         real = fit_module._run_epoch
 
@@ -109,6 +136,8 @@ def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp
         assert torch.equal(a0[k], a1[k]), f"ranks differ in {k}"
         assert torch.equal(b0[k], b1[k]), f"ranks differ in {k} after resume"
         assert torch.equal(a0[k], b0[k]), f"crash + resume differs from the uninterrupted run in {k}"
+    g0, g1 = (load_file(str(tmp_path / f"G-rank{r}.safetensors")) for r in (0, 1))
+    assert all(torch.equal(g0[k], g1[k]) for k in g0), "two-group objective: ranks differ"
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
     assert hist[-1]["test_acc"] > 0.8  # chance is 0.1
@@ -123,6 +152,8 @@ def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp
     one = fit(_model(data, 100), data, TrainConfig(**{**CFG, "epochs": 3}), progress=False)
     for k, v in one.model.state_dict().items():
         assert torch.allclose(v, a0[k], atol=1e-4, rtol=1e-3), k
+    for k, v in _two_group_fit(data, 100).state_dict().items():  # per-group gradients averaged
+        assert torch.allclose(v, g0[k], atol=1e-4, rtol=1e-3), k
 
 
 def test_scale_info_prints_the_launch_lines_and_the_context(capsys):
