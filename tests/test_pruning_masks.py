@@ -1,7 +1,6 @@
 """Parametrize-based magnitude masks: exact kept fractions, fixed masks, deepcopy, sparse export."""
 
 import copy
-import io
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 
 from robustcompress.errors import UserInputError
 from robustcompress.metrics.sparsity import activation_sparsity, weight_sparsity
-from robustcompress.nn.masks import (apply_masks, exported_bytes, get_masks, import_layer,
+from robustcompress.nn.masks import (exported_bytes, get_masks, import_layer,
                                      magnitude_masks, magnitude_prune, mask_structure,
                                      prunable_layers, remove_masks)
 

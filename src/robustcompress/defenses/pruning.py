@@ -35,7 +35,6 @@ from torch import nn
 from robustcompress.data.info import Dataset
 from robustcompress.defenses.base import DefenseParams, DefenseSpec, register_defense
 from robustcompress.errors import UserInputError
-from robustcompress.metrics.sparsity import weight_sparsity
 from robustcompress.nn.masks import magnitude_prune, mask_structure
 
 
