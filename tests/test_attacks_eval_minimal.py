@@ -168,3 +168,20 @@ def test_minimal_attacks_leave_model_and_rng_alone():
         run_attack("cw", lin, x, y, ThreatModel.from_spec("l2", 0.0), steps=20)
     assert lin.training and all(p.grad is None for p in lin.parameters())
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_deepfool_is_not_stuck_on_box_faces():
+    """Digits have many pixels exactly at 0: a plain clip-the-output DeepFool stalls there on
+    about 40% of the points; the box-aware step must fool every correctly classified one."""
+    from test_attacks_eval_toys import digits_data, make_mlp, train_mlp
+
+    xtr, ytr, xte, yte = digits_data()
+    model = train_mlp(make_mlp(), xtr, ytr, steps=100)
+    x, y = xte[:100], yte[:100]
+    assert (x == 0).float().mean() > 0.3  # the premise: many coordinates on the lower face
+    correct = model(x).argmax(1) == y
+    for norm in ("l2", "linf"):
+        out = deepfool_perturb(model, x, y, norm=norm, max_iter=50)
+        assert (model(out.x_adv).argmax(1) != y)[correct].all(), norm
+        assert (out.iterations < 50).all(), norm
+        assert out.x_adv.min() >= 0 and out.x_adv.max() <= 1

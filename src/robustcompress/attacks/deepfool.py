@@ -18,7 +18,12 @@ Deviations from the paper (Algorithm 1 and 2), all following Foolbox 3:
 * the overshoot is applied to the accumulated perturbation, ``x + (1 + overshoot) * r_tot``,
   and the result is clipped to the input box after every step;
 * no ``1e-4`` is added to the step length; the overshoot alone makes the point cross the
-  boundary, so the un-overshot perturbation of a linear model is exactly the distance to it.
+  boundary, so the un-overshot perturbation of a linear model is exactly the distance to it;
+* the box is respected inside the algorithm, not only by clipping the output: the un-overshot
+  iterate is kept in the box, and gradient components that point out of the box at coordinates
+  already on its faces are dropped before the linearised distance is computed
+  (:func:`free_directions`). With plain clipping (Foolbox) about 40% of the digits test points
+  stay stuck on the box face until ``max_iter``.
 """
 
 from __future__ import annotations
@@ -93,6 +98,19 @@ def candidate_gradients(
     return logits.detach(), picked.detach(), torch.stack(grads, dim=1)
 
 
+def free_directions(w: torch.Tensor, base: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Zero the components of ``w`` ``[B, k, ...]`` that would push ``base`` ``[B, ...]`` out of
+    the box (coordinates at ``hi`` with ``w > 0`` or at ``lo`` with ``w < 0``).
+
+    The linearised distance is then measured over the coordinates that can still move, so an
+    iterate on a face of the box (e.g. MNIST's 0-valued background) is not stuck stepping into
+    the face it is clipped back onto.
+    """
+    b = base.unsqueeze(1)
+    blocked = ((b >= hi) & (w > 0)) | ((b <= lo) & (w < 0))
+    return torch.where(blocked, torch.zeros_like(w), w)
+
+
 def linearised_step(f: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Tensor:
     """Smallest step onto the nearest linearised boundary (the paper's Eq. 8 and Alg. 2).
 
@@ -161,8 +179,9 @@ def deepfool_perturb(
         if idx.numel() == 0:
             break
         f = picked[:, 1:] - picked[:, :1]
-        w = grads[:, 1:] - grads[:, :1]
-        r_tot[idx] = r_tot[idx] + linearised_step(f, w, norm)
+        base = x0[idx] + r_tot[idx]  # the un-overshot iterate, inside the box
+        w = free_directions(grads[:, 1:] - grads[:, :1], base, lo, hi)
+        r_tot[idx] = (base + linearised_step(f, w, norm)).clamp(lo, hi) - x0[idx]
         x_adv[idx] = (x0[idx] + (1.0 + overshoot) * r_tot[idx]).clamp(lo, hi)
         iterations[idx] += 1
     flat = r_tot.flatten(1)
