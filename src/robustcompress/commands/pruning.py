@@ -26,7 +26,7 @@ def load_for_checkpoint(checkpoint: str, data_dir: Optional[str], train_limit: O
 
 
 def evaluate_round(model, x, y, *, eps: float, bounds, cw: bool, clever_points: int,
-                   seed: int) -> dict:
+                   seed: int, deepfool_box: bool = True) -> dict:
     """One row of the robustness-vs-sparsity curve: clean acc, r_inf (FGS, rFGS), r_2, CLEVER."""
     import torch
 
@@ -38,7 +38,7 @@ def evaluate_round(model, x, y, *, eps: float, bounds, cw: bool, clever_points: 
     row = {"clean_acc": clean}
     ri = r_inf(model, x, y, eps, bounds=bounds, generator=torch.Generator().manual_seed(seed))
     row.update({f"r_inf_{k}": v for k, v in ri.items()})
-    df = r_2(model, x, y, attack="deepfool", bounds=bounds)
+    df = r_2(model, x, y, attack="deepfool", bounds=bounds, clip_to_box=deepfool_box)
     row.update({"r2_deepfool": df["r2"], "r2_rel_deepfool": df["r2_rel"],
                 "deepfool_success": df["success_rate"]})
     if cw:
@@ -65,6 +65,7 @@ def prune_cmd(
     eps: float = typer.Option(0.1, help="L-inf eps of FGS/rFGS for r_inf, input units (paper: 0.1 on MNIST)."),
     eval_limit: int = typer.Option(500, min=1, help="Test points used for the robustness metrics."),
     cw: bool = typer.Option(False, help="Also r_2 under C&W-L2 (slow on CPU)."),
+    deepfool_box: bool = typer.Option(True, help="Clip DeepFool to the input box (--no-deepfool-box: the original, unclipped DeepFool)."),
     clever_points: int = typer.Option(0, min=0, help="Mean CLEVER score over this many points (0: off)."),
     out: str = typer.Option(..., "--out", help="Output folder: r{k} checkpoints, curve.json, curve.png."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
@@ -108,14 +109,16 @@ def prune_cmd(
         else:
             row = {"round": k, "sparsity": sparsity,
                    **evaluate_round(m, x, y, eps=eps, bounds=data.info.bounds, cw=cw,
-                                    clever_points=clever_points, seed=seed)}
+                                    clever_points=clever_points, seed=seed,
+                                    deepfool_box=deepfool_box)}
             if k > 0:
                 save_checkpoint(m, outdir / f"r{k}", {"round": k, "metrics": row})
         rows.append(row)
         curve_path.write_text(json.dumps(rows, indent=1))
         console.print(f"round {k:2d}: sparsity {100 * sparsity:6.2f}%  clean {row['clean_acc']:.4f}  "
                       f"FGS {row['r_inf_fgsm']:.4f}  rFGS {row['r_inf_rfgsm']:.4f}  "
-                      f"r2(DeepFool) {row['r2_deepfool']:.4f}")
+                      f"r2(DeepFool) {row['r2_deepfool']:.4f} "
+                      f"(fooled {100 * row['deepfool_success']:.0f}%)")
 
     record(0, 0.0, model)
     config = TrainConfig(lr=lr, batch_size=batch_size, seed=seed)
