@@ -28,6 +28,8 @@ def test_prune_cli_writes_rounds_curve_and_resumes(ckpt, tmp_path, capsys):
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [r["round"] for r in curve] == [0, 1, 2]
     assert curve[2]["sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert curve[2]["weight_sparsity"]["fc2"] == pytest.approx(0.75, abs=0.01)
+    assert 0 <= curve[2]["act_zero_frac_last"] <= 1
     assert (tmp_path / "curve.png").is_file()
     m2 = load_checkpoint(tmp_path / "r2")
     assert float((m2.fc2.weight == 0).float().mean()) == pytest.approx(0.75, abs=0.01)

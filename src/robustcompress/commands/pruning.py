@@ -35,7 +35,13 @@ def evaluate_round(model, x, y, *, eps: float, bounds, cw: bool, clever_points: 
     model.eval()
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
-    row = {"clean_acc": clean}
+    from robustcompress.metrics.sparsity import activation_sparsity, weight_sparsity
+
+    acts = activation_sparsity(model, x)
+    row = {"clean_acc": clean, "weight_sparsity": weight_sparsity(model),
+           "activation_sparsity": acts,
+           # the paper's "Sparsity (a)": zeros of the activations feeding the last layer
+           "act_zero_frac_last": list(acts.values())[-1]["zero_frac"] if acts else float("nan")}
     ri = r_inf(model, x, y, eps, bounds=bounds, generator=torch.Generator().manual_seed(seed))
     row.update({f"r_inf_{k}": v for k, v in ri.items()})
     df = r_2(model, x, y, attack="deepfool", bounds=bounds, clip_to_box=deepfool_box)
@@ -130,7 +136,7 @@ def prune_cmd(
     det = plot_robustness_vs_sparsity(rows, outdir / "curve.png")
     table = Table(title=f"progressive pruning (rho={rho:.3f}, {scope}); eps={eps}, "
                         f"{len(x)} test points")
-    cols = ["round", "sparsity", "clean", "FGS", "rFGS", "r2 DeepFool", "r2/||x||"]
+    cols = ["round", "sparsity", "act. zeros", "clean", "FGS", "rFGS", "r2 DeepFool", "r2/||x||"]
     if cw:
         cols.append("r2 C&W")
     if clever_points:
@@ -139,7 +145,8 @@ def prune_cmd(
         table.add_column(c, justify="right")
     for r in rows:
         flag = " <- over-pruning" if r["round"] == det["over_pruned"] else ""
-        cells = [str(r["round"]), f"{100 * r['sparsity']:.2f}%", f"{r['clean_acc']:.4f}",
+        cells = [str(r["round"]), f"{100 * r['sparsity']:.2f}%",
+                 f"{100 * r.get('act_zero_frac_last', float('nan')):.1f}%", f"{r['clean_acc']:.4f}",
                  f"{r['r_inf_fgsm']:.4f}", f"{r['r_inf_rfgsm']:.4f}",
                  f"{r['r2_deepfool']:.4f}{flag}", f"{r['r2_rel_deepfool']:.4f}"]
         if cw:
