@@ -37,6 +37,23 @@ def register(app: typer.Typer) -> None:
     config_app.command("list")(config_list)
     app.add_typer(config_app, name="config")
     app.command("results")(results)
+    app.command("defenses")(defenses)
+
+
+def defenses() -> None:
+    """List the registered defenses (the `method:` of a config), their paper and parameters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from robustcompress.defenses import list_defenses
+
+    table = Table(title="defenses (config `method:` names)")
+    for c in ("method", "paper", "parameters (default)"):
+        table.add_column(c)
+    for name, spec in list_defenses().items():
+        params = ", ".join(f"{k}={f.default!r}" for k, f in spec.Params.model_fields.items())
+        table.add_row(name, spec.paper, params)
+    Console().print(table)
 
 
 def run(

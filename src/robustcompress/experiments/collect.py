@@ -10,8 +10,8 @@ sparsity       weight sparsity (total; per layer in ``extra``)
 calibration    ECE of the MC-averaged clean predictions; reliability bins in ``extra``
 spectral       max ||ΔW||₂ over layers against the parent model (quantized variants only);
                per layer in ``extra``
-vulnerability  V of Madaan et al. against PGD at the first threat's eps; per-feature values in
-               ``extra`` for the histograms
+vulnerability  V of Madaan et al. against PGD-10 at the first threat's largest eps (one random
+               draw per step for stochastic models); per-feature values in ``extra``
 clever         mean CLEVER score (L2) over a few correctly classified points
 ============== ============================================================================
 """
@@ -96,8 +96,9 @@ def vulnerability_rows(model, x, y, cfg, info, generator, device) -> Iterator[Ro
     t = cfg.evaluation.threats[0]
     threat = ThreatModel.from_spec(norm=t.norm, eps=t.eps[-1], info=info, eps_scale=t.eps_scale)
 
-    def attack(mdl, xb, yb):
-        return run_attack("pgd", mdl, xb, yb, threat, steps=10, generator=generator).x_adv
+    def attack(mdl, xb, yb):  # one draw per step: V compares features of one noisy forward each
+        return run_attack("pgd", mdl, xb, yb, threat, steps=10, eot_samples=1, mc_samples=1,
+                          generator=generator).x_adv
 
     rep = measure_vulnerability(model, x.to(device), y.to(device), attack)
     first = next(iter(rep.per_feature.values()), None)

@@ -109,6 +109,9 @@ class EvaluationSection(_Strict):
     mc_samples: int = Field(default=20, ge=1)
     apgd_steps: int = Field(default=100, ge=1)
     square_queries: int = Field(default=1000, ge=0)
+    checks: bool = True  # gradient-masking checks (Carlini et al. 2019) in the adaptive evaluation
+    check_samples: int = Field(default=256, ge=1)
+    check_steps: int = Field(default=20, ge=1)
     minimal: list[Literal["deepfool", "cw"]] = Field(default_factory=list)  # r_2 attacks
     transfer_from: Optional[str] = "base"  # surrogate for transfer attacks (a variant name or null)
 

@@ -165,7 +165,7 @@ class Runner:
             for parent in produced[d.base]:
                 for combo in expand_grid(d.grid) or [{}]:
                     label = variant_label(d.name, combo)
-                    if parent.label != BASE:
+                    if len(produced[d.base]) > 1:  # say which of the parent's variants it builds on
                         label = f"{parent.label}+{label}"
                     params = {**d.params, **combo}
                     key = stable_hash([parent.key, d.method, params, d.training])
@@ -304,7 +304,7 @@ class Runner:
     def _unit(self, store: ResultsStore, kind: str, v: Variant, spec: list, fn) -> None:
         ev = self.cfg.evaluation
         settings = [ev.n_samples, ev.batch_size, ev.eot_samples, ev.mc_samples, ev.apgd_steps,
-                    ev.square_queries, self.cfg.seed]
+                    ev.square_queries, ev.checks, ev.check_samples, ev.check_steps, self.cfg.seed]
         if kind == "metrics":
             settings = [ev.n_samples, self.cfg.metrics.model_dump()]
         unit = stable_hash([kind, v.key, spec, settings])
@@ -396,7 +396,8 @@ class Runner:
             rep = evaluate_robustness(v.model, xb, yb, threat, surrogate_model=surrogate,
                                       eot_samples=ev.eot_samples, mc_samples=ev.mc_samples,
                                       apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
-                                      checks=(b == 0), generator=g, progress=False)
+                                      checks=ev.checks and b == 0, check_samples=ev.check_samples,
+                                      check_steps=ev.check_steps, generator=g, progress=False)
             rep.x_adv = None  # not needed, and not worth gathering across processes
             return rep
 
