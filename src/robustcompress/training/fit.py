@@ -319,8 +319,6 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         raise UserInputError("the training split is empty")
     check_finite_inputs(train.x, "training inputs")
     flip = config.flip_enabled(dataset.info.name) and dataset.info.modality == "image"
-    if config.channels_last:
-        accel.to_channels_last(model)
 
     groups = _groups(model, objective, config)
     opts = {g: _make_optimizer(v, config) for g, v in groups.items()}
@@ -341,7 +339,9 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         ddp.barrier(world)
         if resume and (ckdir / "state.json").is_file():
             start, history = _load_state(ckdir, model, opts, config)
-    ddp.broadcast_state(model, world)
+    ddp.broadcast_state(model, world)  # before NHWC: collectives want contiguous tensors
+    if config.channels_last:
+        accel.to_channels_last(model)  # parameter objects are kept: the optimizers still hold them
 
     train_model = accel.compiled(model, config.compile)
     last_out: dict[str, torch.Tensor] = {}
