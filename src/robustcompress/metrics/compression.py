@@ -141,13 +141,17 @@ def macs_per_layer(model: nn.Module, input_shape: Sequence[int]) -> dict[str, in
 
     def hook(name):
         def f(m, inp, out):
-            per_out = (m.in_features if isinstance(m, nn.Linear)
-                       else m.in_channels // m.groups * int(torch.tensor(m.kernel_size).prod()))
+            if hasattr(m, "macs_per_output"):  # op modules declare the size of what they ran
+                per_out = m.macs_per_output
+            elif isinstance(m, nn.Linear):
+                per_out = m.in_features
+            else:
+                per_out = m.in_channels // m.groups * int(torch.tensor(m.kernel_size).prod())
             counts[name] = counts.get(name, 0) + out.numel() // out.shape[0] * per_out
         return f
 
     for name, m in model.named_modules():
-        if isinstance(m, MAC_MODULES):
+        if isinstance(m, MAC_MODULES) or hasattr(m, "macs_per_output"):
             handles.append(m.register_forward_hook(hook(name)))
     was = model.training
     model.eval()

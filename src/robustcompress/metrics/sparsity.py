@@ -21,7 +21,7 @@ def weight_sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of exactly-zero effective weights per Linear/Conv layer, plus ``"total"``."""
     out, zeros, total = {}, 0, 0
     for n, m in model.named_modules():
-        if isinstance(m, PRUNABLE) and getattr(m, "weight", None) is not None:
+        if isinstance(m, PRUNABLE):
             w = m.weight.detach()
             z = int((w == 0).sum())
             out[n] = z / w.numel()

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.counted import CONV_OPS, ConvOp1d, LinearOp
+from robustcompress.nn.counted import ConvOp, LinearOp
 from robustcompress.nn.sketch import check_sketch_args, sample_core_masks, sketch_tucker
 from robustcompress.nn.xnor import input_norm, xnor_conv, xnor_linear
 
@@ -472,7 +472,7 @@ class _TuckerConvNd(_TuckerBase):
         super().__init__(shape, ranks, bias=bias, **kw)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.op = CONV_OPS[self.ndim]()  # runs every conv, visible to MAC-counting hooks
+        self.op = ConvOp(self.ndim)  # runs every conv, visible to MAC-counting hooks
 
     def _conv_kw(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
@@ -541,7 +541,7 @@ class TuckerLinear(_TuckerBase):
         super().__init__(shape, resolve_ranks(rank, shape), bias=bias, **kw)
         self.in_features, self.out_features = in_features, out_features
         self.op = LinearOp()  # runs every matmul, visible to MAC-counting hooks
-        self.group_op = ConvOp1d()  # per-sample cores as a grouped 1x1 conv
+        self.group_op = ConvOp(1)  # per-sample cores as a grouped 1x1 conv
 
     def _run(self, x, core, factors):
         if self.binary:

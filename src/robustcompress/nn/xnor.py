@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.counted import CONV_OPS, LinearOp
+from robustcompress.nn.counted import ConvOp, LinearOp
 from robustcompress.nn.ste import _check, sign
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
@@ -149,7 +149,7 @@ class _XNORConvNd(_XNORBase):
             raise UserInputError("XNOR conversion needs groups=1 and padding_mode='zeros'")
         super().__init__(conv.weight, conv.bias, norm=norm)
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.op = CONV_OPS[self.ndim]()  # runs the convs, visible to MAC-counting hooks
+        self.op = ConvOp(self.ndim)  # runs the convs, visible to MAC-counting hooks
         self.to(device=conv.weight.device)
 
     @classmethod
