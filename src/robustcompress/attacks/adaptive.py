@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import judge, mc_predict, reached_goal
+from robustcompress.attacks.base import child_generator, draw_seed, judge, mc_predict, reached_goal
 from robustcompress.attacks.checks import DEFAULT_TOL, Flag, masking_checks
 from robustcompress.attacks.registry import get_attack, run_attack
 from robustcompress.attacks.threat import ThreatModel
@@ -213,12 +213,6 @@ def _new_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def _draw_seed(master: Optional[torch.Generator]) -> int:
-    """A seed drawn from ``master`` (any device), or from the global RNG when ``None``."""
-    dev = master.device if master is not None else torch.device("cpu")
-    return int(torch.randint(0, 2**62, (1,), generator=master, device=dev))
-
-
 def evaluate_robustness(
     model: nn.Module,
     x: torch.Tensor,
@@ -276,15 +270,15 @@ def evaluate_robustness(
     mc = (DEFAULT_MC if mc_samples is None else int(mc_samples)) if props.stochastic else 1
     bpda_used = bpda if props.non_differentiable else None
     _check_surrogate(bpda)
-    seed = _draw_seed(generator)
-    master = torch.Generator().manual_seed(seed)
+    seed = draw_seed(generator)
+    master = _new_generator(seed, torch.device("cpu"))
     dev = x.device
     say = _printer(progress)
     start_total = time.perf_counter()
 
     # clean verdict
     t0 = time.perf_counter()
-    clean_seed = _draw_seed(master)
+    clean_seed = draw_seed(master)
     probs = mc_predict(model, x, mc_samples=mc, generator=_new_generator(clean_seed, dev),
                        batch_size=batch_size)
     clean_correct = ~reached_goal(probs.argmax(1), y, threat.targeted)
@@ -310,7 +304,7 @@ def evaluate_robustness(
             if surrogate_model is None:
                 raise UserInputError("the transfer attack needs surrogate_model=...")
             params["surrogate"] = surrogate_model
-        attack_seed, reeval_seed = _draw_seed(master), _draw_seed(master)
+        attack_seed, reeval_seed = draw_seed(master), draw_seed(master)
         idx = robust.nonzero().flatten()
         t0 = time.perf_counter()
         broken_count = fooled_count = disagree = 0
@@ -354,7 +348,7 @@ def evaluate_robustness(
 
     # worst case per sample: the (MC-averaged) probability of the true class at the kept point
     final_probs = mc_predict(model, x_adv, mc_samples=mc,
-                             generator=_new_generator(_draw_seed(master), dev), batch_size=batch_size)
+                             generator=child_generator(master, dev), batch_size=batch_size)
     true_prob = final_probs.gather(1, y[:, None]).squeeze(1) if n else final_probs.new_zeros(0)
 
     flags: list[Flag] = []
@@ -363,7 +357,7 @@ def evaluate_robustness(
         m = min(n, int(check_samples))
         whitebox_acc, others = _cascade_comparison(records, clean_acc, n)
         flags = masking_checks(
-            model, x[:m], y[:m], threat, generator=_new_generator(_draw_seed(master), dev),
+            model, x[:m], y[:m], threat, generator=child_generator(master, dev),
             eot_samples=eot if props.stochastic else None, mc_samples=mc, bpda=bpda_used,
             steps=check_steps, whitebox_accuracy=whitebox_acc, blackbox_accuracies=others,
             tol=tol, batch_size=batch_size,

@@ -37,14 +37,15 @@ from robustcompress.attacks.base import (
     AttackResult,
     LossFn,
     SampleNoise,
+    bcast_rows,
     dlr_targeted_loss,
-    finish,
     input_gradient,
+    loss_label,
     objective,
     reached_goal,
     resolve_loss,
 )
-from robustcompress.attacks.iterative import Best, default_early_stop, evaluate_point
+from robustcompress.attacks.iterative import Best, default_early_stop, evaluate_point, finish_best
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import UserInputError
@@ -64,18 +65,14 @@ def checkpoints(steps: int) -> list[int]:
     return out
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def apgd_start(x: torch.Tensor, threat: ThreatModel, noise: SampleNoise) -> torch.Tensor:
     """The reference's random start (see module doc), clipped to the box."""
     if threat.norm == "linf":
         t = noise.rand(x) * 2 - 1
-        t = t / _bcast(t.flatten(1).abs().amax(1).clamp_min(1e-12), t)
+        t = t / bcast_rows(t.flatten(1).abs().amax(1).clamp_min(1e-12), t)
     else:
         t = noise.randn(x)
-        t = t / _bcast(t.flatten(1).norm(dim=1).clamp_min(1e-12), t)
+        t = t / bcast_rows(t.flatten(1).norm(dim=1).clamp_min(1e-12), t)
     return threat.clip(x + threat.eps * t)
 
 
@@ -120,7 +117,7 @@ def apgd_run(
     for i in range(1, steps + 1):
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         a = MOMENTUM if i > 1 else 1.0
-        z = threat.project(x_adv + _bcast(eta, x) * threat.steepest(grad), x)
+        z = threat.project(x_adv + bcast_rows(eta, x) * threat.steepest(grad), x)
         x_new = threat.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x)
         x_prev, x_adv = x_adv, x_new
         obj, grad, logits = input_gradient(model, x_adv, y_loss, return_logits=True, **kw)
@@ -137,8 +134,8 @@ def apgd_run(
             reduce = oscillating | stalled
             reduced_at_check, f_max_at_check, last_check = reduce, f_max.clone(), i
             eta = torch.where(reduce, eta / 2, eta)
-            x_adv = torch.where(_bcast(reduce, x), x_max, x_adv)
-            grad = torch.where(_bcast(reduce, x), g_max, grad)
+            x_adv = torch.where(bcast_rows(reduce, x), x_max, x_adv)
+            grad = torch.where(bcast_rows(reduce, x), g_max, grad)
     return best
 
 
@@ -150,7 +147,7 @@ def _attack(model, x, y, threat, runs, *, steps, restarts, early_stop, generator
     noise = SampleNoise(x.shape[0], generator, x.device)
     for run_loss, y_loss in runs:
         for _ in range(restarts):
-            idx = (~best.success).nonzero().squeeze(1) if early_stop else torch.arange(x.shape[0], device=x.device)
+            idx = best.pending(early_stop)
             if idx.numel() == 0:
                 return best
             start = apgd_start(x[idx], threat, noise.select(idx.tolist()))
@@ -172,7 +169,7 @@ def _clean(model, x, y, threat, kw) -> Best:
 
 
 def _params(steps, restarts, loss, eot_samples, **more) -> dict:
-    return {"steps": steps, "restarts": restarts, "loss": loss if isinstance(loss, str) else "custom",
+    return {"steps": steps, "restarts": restarts, "loss": loss_label(loss),
             "eot_samples": eot_samples, "momentum": MOMENTUM, "rho": RHO, **more}
 
 
@@ -212,9 +209,8 @@ def apgd(
     best = _attack(model, x, y, threat, [(loss, None)], steps=steps, restarts=restarts,
                    early_stop=default_early_stop(model, early_stop), generator=generator,
                    eot_samples=eot_samples, max_rows=max_rows)
-    return finish("apgd", _params(steps, restarts, loss, eot_samples), model, x, y, best.x, threat,
-                  mc_samples=mc_samples, generator=generator, logits=best.logits,
-                  extra={"objective": best.obj})
+    return finish_best("apgd", _params(steps, restarts, loss, eot_samples), model, x, y, best, threat,
+                       mc_samples=mc_samples, generator=generator)
 
 
 def _dlr_targeted_pair(logits: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
@@ -257,7 +253,6 @@ def apgd_t(
     best = _attack(model, x, y, threat, runs, steps=int(steps), restarts=int(restarts),
                    early_stop=default_early_stop(model, early_stop), generator=generator,
                    eot_samples=eot_samples, max_rows=max_rows)
-    return finish("apgd-t", _params(int(steps), int(restarts), "dlr-targeted", eot_samples,
-                                    n_target_classes=k),
-                  model, x, y, best.x, threat, mc_samples=mc_samples, generator=generator,
-                  logits=best.logits, extra={"objective": best.obj})
+    return finish_best("apgd-t", _params(int(steps), int(restarts), "dlr-targeted", eot_samples,
+                                         n_target_classes=k),
+                       model, x, y, best, threat, mc_samples=mc_samples, generator=generator)

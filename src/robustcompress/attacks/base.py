@@ -145,10 +145,14 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def mask_label(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A copy of ``logits`` with each sample's class ``y`` set to ``-inf`` (the other classes only)."""
+    return logits.scatter(1, y.view(-1, 1), float("-inf"))
+
+
 def _top_other(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Largest logit among the classes other than ``y`` (per sample)."""
-    other = logits.scatter(1, y.view(-1, 1), float("-inf"))
-    return other.amax(dim=1)
+    return mask_label(logits, y).amax(dim=1)
 
 
 def cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -185,6 +189,11 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 
 
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "cw": cw_loss}
+
+
+def loss_label(loss: Union[str, LossFn]) -> str:
+    """How an attack's ``params`` record its loss: the name, or ``"custom"`` for a callable."""
+    return loss if isinstance(loss, str) else "custom"
 
 
 def resolve_loss(loss: Union[str, LossFn]) -> LossFn:
@@ -232,12 +241,26 @@ def _copies_per_forward(model: nn.Module, batch: int, n: int, max_rows: Optional
     return [k] * (n // k) + ([n % k] if n % k else [])
 
 
-def _generator_scope(model: nn.Module, generator: Optional[torch.Generator]):
+def generator_scope(model: nn.Module, generator: Optional[torch.Generator]):
+    """The model's stochastic modules draw from ``generator`` inside the block (no-op if ``None``)."""
     return use_generator(model, generator) if generator is not None else contextlib.nullcontext()
 
 
 def _repeat(t: torch.Tensor, c: int) -> torch.Tensor:
     return t if c == 1 else t.repeat(c, *([1] * (t.dim() - 1)))
+
+
+def bcast_rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector ``v [B]`` viewed as ``[B, 1, ..., 1]`` to broadcast against ``like``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _objective_of_copies(model: nn.Module, fn: LossFn, x: torch.Tensor, y: torch.Tensor, c: int,
+                         targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(objective [c*B], logits [c*B, C])`` of one forward over ``c`` stacked copies of the batch."""
+    logits = model(_repeat(x, c))
+    obj = fn(logits, _repeat(y, c))
+    return (-obj if targeted else obj), logits
 
 
 def _over_draws(model: nn.Module, batch: int, n: int, max_rows: Optional[int], run: Callable[[int], tuple],
@@ -322,10 +345,7 @@ def input_gradient(
     batch = x.shape[0]
 
     def run(c: int):
-        logits = model(_repeat(xi, c))
-        obj = fn(logits, _repeat(y, c))
-        if targeted:
-            obj = -obj
+        obj, logits = _objective_of_copies(model, fn, xi, y, c, targeted)
         if obj.requires_grad:
             (g,) = torch.autograd.grad(obj.sum(), xi, allow_unused=True)
         else:  # the output does not depend differentiably on the input (e.g. detached inside)
@@ -334,7 +354,7 @@ def input_gradient(
         lg = logits.detach().view(c, batch, -1).sum(0) if return_logits else None
         return obj.detach().view(c, batch).sum(0), g, lg
 
-    with _generator_scope(model, generator), torch.enable_grad():
+    with generator_scope(model, generator), torch.enable_grad():
         parts = _over_draws(model, batch, n, max_rows, run, x.device)
     obj_mean, grad_mean = _total(parts, 0), _total(parts, 1)
     if n > 1:
@@ -362,12 +382,10 @@ def objective(
     batch = x.shape[0]
 
     def run(c: int):
-        logits = model(_repeat(x, c))
-        obj = fn(logits, _repeat(y, c))
-        obj = -obj if targeted else obj
+        obj, logits = _objective_of_copies(model, fn, x, y, c, targeted)
         return obj.view(c, batch).sum(0), logits.view(c, batch, -1).sum(0)
 
-    with _generator_scope(model, generator):
+    with generator_scope(model, generator):
         parts = _over_draws(model, batch, n, max_rows, run, x.device)
     return _total(parts, 0) / n, _total(parts, 1) / n
 
@@ -398,7 +416,7 @@ def draw_probs(
         ]
         return (torch.cat(parts, dim=1),)
 
-    with _generator_scope(model, generator):
+    with generator_scope(model, generator):
         out = _over_draws(model, min(batch, rows or batch), n, rows, run, x.device)
     return torch.cat([o[0] for o in out], dim=0)
 
@@ -421,6 +439,11 @@ def mc_predict(
     stochastic ones. Runs under ``no_grad``; the model's mode is not changed.
     """
     return draw_probs(model, x, mc_samples=mc_samples, generator=generator, batch_size=batch_size).mean(0)
+
+
+def within_budget(norm: torch.Tensor, eps: float) -> torch.Tensor:
+    """``norm <= eps`` up to float rounding (relative 1e-6, absolute 1e-12)."""
+    return norm <= eps * (1 + 1e-6) + 1e-12
 
 
 def reached_goal(pred: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -476,7 +499,7 @@ def finish(
         logits is not None
         and resolve_draws(model, mc_samples, DEFAULT_MC_SAMPLES) == 1
         and not bool(torch.isnan(logits).any())
-        and bool((norm <= threat.eps * (1 + 1e-6) + 1e-12).all())
+        and bool(within_budget(norm, threat.eps).all())
         and bool(((x_adv >= threat.bounds[0]) & (x_adv <= threat.bounds[1])).all())
     )
     if reuse:
@@ -489,12 +512,23 @@ def finish(
         norm = threat.norm_of(x_adv - x)
     success, fooled_any, pred = judge(model, x_adv, y, threat, mc_samples, generator)
     if not project:
-        fits = norm <= threat.eps * (1 + 1e-6) + 1e-12
+        fits = within_budget(norm, threat.eps)
         success, fooled_any = success & fits, fooled_any & fits
     return AttackResult(x_adv, success, fooled_any, pred, norm, attack, dict(params), dict(extra or {}))
 
 
 # ---------------------------------------------------------------------------- randomness
+def draw_seed(generator: Optional[torch.Generator]) -> int:
+    """One seed drawn from ``generator`` (on its own device), or from the global RNG when ``None``."""
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=gdev))
+
+
+def child_generator(generator: Optional[torch.Generator], device: torch.device) -> torch.Generator:
+    """A fresh generator on ``device``, seeded with :func:`draw_seed` from ``generator``."""
+    return torch.Generator(device=device).manual_seed(draw_seed(generator))
+
+
 class SampleNoise:
     """Per-sample random streams, so random starts do not depend on how the data is batched.
 
@@ -510,9 +544,7 @@ class SampleNoise:
         if gdev.type == "cpu":
             seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
         else:  # one draw per call: CUDA generators are not prefix-consistent across sizes
-            seeds = torch.cat(
-                [torch.randint(0, 2**62, (1,), generator=generator, device=gdev) for _ in range(n)]
-            ).tolist() if n else []
+            seeds = [draw_seed(generator) for _ in range(n)]
         self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
 
     def select(self, index) -> "SampleNoise":
@@ -589,6 +621,7 @@ def as_long(y: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "LOSSES", "SampleNoise",
     "ce_loss", "check_attack_inputs", "cw_loss", "dlr_loss", "dlr_targeted_loss", "draw_probs",
-    "finish", "input_gradient", "judge", "mc_predict", "no_side_effects", "objective",
-    "reached_goal", "resolve_draws", "resolve_loss", "samples_vectorizable",
+    "bcast_rows", "child_generator", "draw_seed", "finish", "generator_scope", "input_gradient", "judge", "loss_label",
+    "mask_label", "mc_predict", "no_side_effects", "objective", "reached_goal", "resolve_draws", "resolve_loss",
+    "samples_vectorizable", "within_budget",
 ]

@@ -17,8 +17,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, finish
-from robustcompress.attacks.iterative import default_early_stop, default_step_size, iterate
+from robustcompress.attacks.base import AttackResult, LossFn, loss_label
+from robustcompress.attacks.iterative import default_early_stop, default_step_size, finish_best, iterate
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import ThreatModelError, UserInputError
@@ -72,8 +72,8 @@ def bim(
     early_stop = default_early_stop(model, early_stop)
     best = iterate(model, x, y, threat, x, steps=steps, step_size=step_size, loss=loss,
                    eot_samples=eot_samples, generator=generator, early_stop=early_stop)
-    params = {"steps": steps, "step_size": step_size, "paper": paper,
-              "loss": loss if isinstance(loss, str) else "custom", "eot_samples": eot_samples}
-    return finish("bim", params, model, x, y, best.x, threat, mc_samples=mc_samples,
-                  generator=generator, logits=best.logits, extra={"objective": best.obj})
+    params = {"steps": steps, "step_size": step_size, "paper": paper, "loss": loss_label(loss),
+              "eot_samples": eot_samples}
+    return finish_best("bim", params, model, x, y, best, threat, mc_samples=mc_samples,
+                       generator=generator)
 

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import input_gradient, resolve_draws
+from robustcompress.attacks.base import child_generator, input_gradient, resolve_draws
 from robustcompress.attacks.registry import run_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.nn.protocol import model_properties, straight_through
@@ -141,13 +141,6 @@ def large_eps(threat: ThreatModel, shape: tuple[int, ...]) -> float:
     return half if threat.norm == "linf" else half * math.sqrt(math.prod(shape))
 
 
-def _child(generator: Optional[torch.Generator], device: torch.device) -> torch.Generator:
-    """A fresh generator on the inputs' device, seeded from ``generator`` (global RNG if None)."""
-    gdev = generator.device if generator is not None else torch.device("cpu")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gdev))
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def masking_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -191,13 +184,13 @@ def masking_checks(
     wb = dict(common, eot_samples=eot if stochastic else None)
 
     def acc(name: str, thr: ThreatModel = threat, **kw) -> float:
-        res = run_attack(name, model, x, y, thr, generator=_child(generator, x.device), **wb, **kw)
+        res = run_attack(name, model, x, y, thr, generator=child_generator(generator, x.device), **wb, **kw)
         return res.robust_accuracy
 
     flags: list[Flag] = []
     with scope:
         _, grad = input_gradient(model, x, y, loss="cw", eot_samples=eot,
-                                 generator=_child(generator, x.device), targeted=threat.targeted)
+                                 generator=child_generator(generator, x.device), targeted=threat.targeted)
         flags.append(check_zero_gradients(grad, zero_threshold))
         acc_fgsm = acc("fgsm")
         acc_k = acc("pgd", steps=steps)
@@ -205,7 +198,7 @@ def masking_checks(
         flags.append(check_iterative_weaker(acc_fgsm, acc_k, tol))
         flags.append(check_more_steps(acc_k, acc_4k, steps, tol))
         if stochastic:
-            acc_4n = run_attack("pgd", model, x, y, threat, generator=_child(generator, x.device),
+            acc_4n = run_attack("pgd", model, x, y, threat, generator=child_generator(generator, x.device),
                                 steps=steps, eot_samples=4 * eot, **common).robust_accuracy
             flags.append(check_more_eot(acc_k, acc_4n, eot, tol))
         big = large_eps(threat, tuple(x.shape[1:]))
@@ -214,7 +207,7 @@ def masking_checks(
     others = dict(blackbox_accuracies or {})
     if square_queries > 0 and threat.norm == "linf":
         others["square"] = run_attack(
-            "square", model, x, y, threat, generator=_child(generator, x.device),
+            "square", model, x, y, threat, generator=child_generator(generator, x.device),
             n_queries=square_queries,
             eot_samples=eot if stochastic else None, **common,
         ).robust_accuracy

@@ -23,18 +23,16 @@ Deviations:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, judge
+from robustcompress.attacks.base import AttackResult, bcast_rows, cw_loss, generator_scope, judge
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import ThreatModelError, UserInputError
-from robustcompress.nn.protocol import use_generator
 
 _BIG = 1e10
 
@@ -65,11 +63,7 @@ def margin(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tenso
     Positive means "not yet adversarial"; the attack has succeeded with confidence ``kappa``
     when it is ``< -kappa`` (``<= -kappa`` would accept a tie, which is not a misclassification).
     """
-    own = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, y[:, None], float("-inf"))
-    best_other = other.amax(dim=1)
-    return best_other - own if targeted else own - best_other
+    return cw_loss(logits, y) if targeted else -cw_loss(logits, y)
 
 
 def cw_l2_perturb(
@@ -104,7 +98,6 @@ def cw_l2_perturb(
     with torch.no_grad():  # inputs already adversarial need no perturbation at all
         already = margin(model(x0), y, targeted) < -confidence
     best_l2 = torch.where(already, torch.zeros_like(best_l2), best_l2)
-    shape = (-1,) + (1,) * (x0.dim() - 1)
     check_every = max(steps // 10, 1)
     beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
 
@@ -135,7 +128,7 @@ def cw_l2_perturb(
                 m = beta1 * m + (1 - beta1) * grad
                 v = beta2 * v + (1 - beta2) * grad * grad
                 update = lr * (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + adam_eps)
-                w = w - update * running.view(shape).to(dt)
+                w = w - update * bcast_rows(running, w).to(dt)
                 if abort_early and step % check_every == 0:
                     stalled = loss.detach() > prev_loss * 0.9999
                     running &= ~stalled
@@ -179,7 +172,7 @@ def cw_l2(
         raise ThreatModelError("cw minimises the L2 norm; build the threat with norm='l2'")
     if binary_search_steps < 1 or steps < 1:
         raise UserInputError("cw needs binary_search_steps >= 1 and steps >= 1")
-    with use_generator(model, generator) if generator is not None else contextlib.nullcontext():
+    with generator_scope(model, generator):
         out = cw_l2_perturb(
             model, x, y, bounds=threat.bounds, targeted=threat.targeted, confidence=confidence,
             initial_const=initial_const, binary_search_steps=binary_search_steps, steps=steps,

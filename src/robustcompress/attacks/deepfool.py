@@ -34,14 +34,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-import contextlib
-
-from robustcompress.attacks.base import AttackResult
+from robustcompress.attacks.base import AttackResult, bcast_rows, generator_scope, mask_label
 from robustcompress.attacks.cw import finish_minimal
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import UserInputError
-from robustcompress.nn.protocol import use_generator
 
 _NORMS = ("l2", "linf")
 
@@ -73,9 +70,7 @@ def candidate_classes(logits: torch.Tensor, y: torch.Tensor, k: Optional[int]) -
     """``[B, k]`` class indices: the label first, then the ``k - 1`` largest other logits."""
     num_classes = logits.shape[1]
     k = num_classes if k is None else max(2, min(int(k), num_classes))
-    others = logits.detach().clone()
-    others.scatter_(1, y[:, None], float("-inf"))
-    top = others.topk(k - 1, dim=1).indices
+    top = mask_label(logits.detach(), y).topk(k - 1, dim=1).indices
     return torch.cat([y[:, None], top], dim=1)
 
 
@@ -130,10 +125,9 @@ def linearised_step(f: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Tensor
     best = dist.argmin(dim=1)
     rows = torch.arange(f.shape[0], device=f.device)
     wb, db, nb = w[rows, best], dist[rows, best], dual[rows, best]
-    shape = (-1,) + (1,) * (wb.dim() - 1)
     if norm == "l2":
-        return (db / (nb + 1e-12)).view(shape) * wb
-    return db.view(shape) * wb.sign()
+        return bcast_rows(db / (nb + 1e-12), wb) * wb
+    return bcast_rows(db, wb) * wb.sign()
 
 
 def deepfool_perturb(
@@ -214,7 +208,7 @@ def deepfool(
         raise UserInputError("deepfool is untargeted; use pgd or cw for targeted attacks")
     if max_iter < 1:
         raise UserInputError(f"max_iter must be >= 1, got {max_iter}")
-    with use_generator(model, generator) if generator is not None else contextlib.nullcontext():
+    with generator_scope(model, generator):
         out = deepfool_perturb(model, x, y, norm=threat.norm, bounds=threat.bounds,
                                overshoot=overshoot, max_iter=max_iter, candidates=candidates)
     params = {"overshoot": overshoot, "max_iter": max_iter, "candidates": candidates}

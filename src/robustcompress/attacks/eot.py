@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import _generator_scope, _over_draws, _repeat, _total, resolve_draws
+from robustcompress.attacks.base import _over_draws, _repeat, _total, generator_scope, resolve_draws
 
 
 class ExpectationModel(nn.Module):
@@ -40,7 +40,7 @@ class ExpectationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = resolve_draws(self.model, self.samples, self.samples)
         b = x.shape[0]
-        with _generator_scope(self.model, self.generator):
+        with generator_scope(self.model, self.generator):
             parts = _over_draws(self.model, b, n, self.max_rows,
                                 lambda c: (self.model(_repeat(x, c)).view(c, b, -1).sum(0),), x.device)
         return _total(parts, 0) / n

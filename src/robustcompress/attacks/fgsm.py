@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, finish, input_gradient
+from robustcompress.attacks.base import AttackResult, LossFn, finish, input_gradient, loss_label
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 
@@ -60,5 +60,5 @@ def fgsm(
     mc_samples : draws averaged for the final verdict.
     """
     x_adv = fgsm_perturb(model, x, y, threat, loss=loss, generator=generator, eot_samples=eot_samples)
-    params = {"loss": loss if isinstance(loss, str) else "custom", "eot_samples": eot_samples}
+    params = {"loss": loss_label(loss), "eot_samples": eot_samples}
     return finish("fgsm", params, model, x, y, x_adv, threat, mc_samples=mc_samples, generator=generator)

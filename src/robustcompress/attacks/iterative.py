@@ -17,13 +17,17 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import LossFn, input_gradient, objective, reached_goal
+from robustcompress.attacks.base import (
+    AttackResult,
+    LossFn,
+    bcast_rows,
+    finish,
+    input_gradient,
+    objective,
+    reached_goal,
+)
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.nn.protocol import is_stochastic
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
@@ -65,6 +69,12 @@ class Best:
 
     def merge(self, idx: torch.Tensor, other: "Best") -> None:
         self.update(idx, other.x, other.obj, other.success, other.logits)
+
+    def pending(self, early_stop: bool) -> torch.Tensor:
+        """Rows a further restart attacks: those not yet fooled (``early_stop``), else all rows."""
+        if early_stop:
+            return (~self.success).nonzero().squeeze(1)
+        return torch.arange(self.success.shape[0], device=self.success.device)
 
 
 def evaluate_point(
@@ -137,7 +147,7 @@ def iterate(
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         if velocity is not None:
             l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12)
-            grad = momentum * (velocity if everyone else velocity[active]) + grad / _bcast(l1, grad)
+            grad = momentum * (velocity if everyone else velocity[active]) + grad / bcast_rows(l1, grad)
             if everyone:
                 velocity = grad
             else:
@@ -148,6 +158,17 @@ def iterate(
         else:
             x_adv[active] = stepped
     return best
+
+
+def finish_best(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                best: Best, threat: ThreatModel, *, mc_samples: Optional[int],
+                generator: Optional[torch.Generator]) -> AttackResult:
+    """:func:`~robustcompress.attacks.base.finish` on the best iterates, reusing their logits.
+
+    ``extra["objective"]`` is the attacker objective of each returned point.
+    """
+    return finish(attack, params, model, x, y, best.x, threat, mc_samples=mc_samples,
+                  generator=generator, logits=best.logits, extra={"objective": best.obj})
 
 
 def default_step_size(eps: float, steps: int) -> float:

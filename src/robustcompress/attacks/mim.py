@@ -14,8 +14,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, finish
-from robustcompress.attacks.iterative import default_early_stop, iterate
+from robustcompress.attacks.base import AttackResult, LossFn, loss_label
+from robustcompress.attacks.iterative import default_early_stop, finish_best, iterate
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 
@@ -42,7 +42,7 @@ def mim(
     best = iterate(model, x, y, threat, x, steps=steps, step_size=step_size, loss=loss,
                    eot_samples=eot_samples, generator=generator,
                    early_stop=default_early_stop(model, early_stop), momentum=float(decay))
-    params = {"steps": steps, "step_size": step_size, "decay": decay,
-              "loss": loss if isinstance(loss, str) else "custom", "eot_samples": eot_samples}
-    return finish("mim", params, model, x, y, best.x, threat, mc_samples=mc_samples,
-                  generator=generator, logits=best.logits, extra={"objective": best.obj})
+    params = {"steps": steps, "step_size": step_size, "decay": decay, "loss": loss_label(loss),
+              "eot_samples": eot_samples}
+    return finish_best("mim", params, model, x, y, best, threat, mc_samples=mc_samples,
+                       generator=generator)

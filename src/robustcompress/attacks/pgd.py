@@ -21,11 +21,12 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, SampleNoise, finish
+from robustcompress.attacks.base import AttackResult, LossFn, SampleNoise, loss_label
 from robustcompress.attacks.iterative import (
     Best,
     default_early_stop,
     default_step_size,
+    finish_best,
     iterate,
 )
 from robustcompress.attacks.registry import register_attack
@@ -74,7 +75,7 @@ def pgd(
     noise = SampleNoise(x.shape[0], generator, x.device) if random_start else None
     best = Best.empty(x)
     for _ in range(restarts):
-        idx = (~best.success).nonzero().squeeze(1) if early_stop else torch.arange(x.shape[0], device=x.device)
+        idx = best.pending(early_stop)
         if idx.numel() == 0:
             break
         xs, ys = x[idx], y[idx]
@@ -82,8 +83,7 @@ def pgd(
         best.merge(idx, iterate(model, xs, ys, threat, start, steps=steps, step_size=step_size,
                                 early_stop=early_stop, **kw))
     params = {"steps": steps, "step_size": step_size, "random_start": random_start,
-              "restarts": restarts, "loss": loss if isinstance(loss, str) else "custom",
-              "eot_samples": eot_samples}
-    return finish("pgd", params, model, x, y, best.x, threat, mc_samples=mc_samples,
-                  generator=generator, logits=best.logits, extra={"objective": best.obj})
+              "restarts": restarts, "loss": loss_label(loss), "eot_samples": eot_samples}
+    return finish_best("pgd", params, model, x, y, best, threat, mc_samples=mc_samples,
+                       generator=generator)
 

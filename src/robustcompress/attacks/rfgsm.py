@@ -14,10 +14,18 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, SampleNoise, finish, input_gradient
+from robustcompress.attacks.base import AttackResult, LossFn, SampleNoise, finish, input_gradient, loss_label
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import UserInputError
+
+
+def rfgsm_alpha(threat: ThreatModel, alpha: Optional[float]) -> float:
+    """The random step's size: ``alpha`` (default ``eps / 2``), checked to lie in ``[0, eps]``."""
+    alpha = threat.eps / 2 if alpha is None else float(alpha)
+    if not 0 <= alpha <= threat.eps:
+        raise UserInputError(f"rfgsm needs 0 <= alpha <= eps ({threat.eps:g}), got {alpha:g}")
+    return alpha
 
 
 def rfgsm_perturb(
@@ -32,9 +40,7 @@ def rfgsm_perturb(
     eot_samples: Optional[int] = 1,
 ) -> torch.Tensor:
     """The R+FGSM point without the verdict (one backward; for training loops)."""
-    alpha = threat.eps / 2 if alpha is None else float(alpha)
-    if not 0 <= alpha <= threat.eps:
-        raise UserInputError(f"rfgsm needs 0 <= alpha <= eps ({threat.eps:g}), got {alpha:g}")
+    alpha = rfgsm_alpha(threat, alpha)
     noise = SampleNoise(x.shape[0], generator, x.device)
     x_rand = threat.clip(x + alpha * threat.steepest(noise.randn(x)))
     _, grad = input_gradient(model, x_rand, y, loss=loss, eot_samples=eot_samples,
@@ -59,7 +65,5 @@ def rfgsm(
     """Random step of size ``alpha`` (default ``eps / 2``), then FGSM with ``eps - alpha``."""
     x_adv = rfgsm_perturb(model, x, y, threat, alpha=alpha, loss=loss, generator=generator,
                           eot_samples=eot_samples)
-    alpha = threat.eps / 2 if alpha is None else float(alpha)
-    params = {"alpha": alpha, "loss": loss if isinstance(loss, str) else "custom",
-              "eot_samples": eot_samples}
+    params = {"alpha": rfgsm_alpha(threat, alpha), "loss": loss_label(loss), "eot_samples": eot_samples}
     return finish("rfgsm", params, model, x, y, x_adv, threat, mc_samples=mc_samples, generator=generator)

@@ -25,19 +25,17 @@ queries for quick runs. Deviations:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, finish
+from robustcompress.attacks.base import AttackResult, finish, generator_scope
 from robustcompress.attacks.cw import margin
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import ThreatModelError, UserInputError
-from robustcompress.nn.protocol import use_generator
 
 _P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
                (6000, 128), (8000, 256), (10000, 512))
@@ -226,7 +224,7 @@ def square(
     if n_queries < 1:
         raise UserInputError(f"n_queries must be >= 1, got {n_queries}")
     seeds = _seeds(x.shape[0], generator)
-    with use_generator(model, generator) if generator is not None else contextlib.nullcontext():
+    with generator_scope(model, generator):
         out = square_linf_perturb(
             model, x, y, eps=threat.eps, bounds=threat.bounds, targeted=threat.targeted,
             n_queries=n_queries, p_init=p_init, eot_samples=eot_samples, seeds=seeds,
