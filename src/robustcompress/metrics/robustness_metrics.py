@@ -124,13 +124,14 @@ def sample_ball(center: torch.Tensor, n: int, radius: float, norm: str,
     d = center.numel()
     shape = (n, *center.shape)
     dev, dt = center.device, center.dtype
+    gdev = generator.device if generator is not None else "cpu"  # a CUDA generator draws on CUDA
     if norm == "l2":
-        g = torch.randn((n, d), generator=generator, dtype=dt, device="cpu")
+        g = torch.randn((n, d), generator=generator, dtype=dt, device=gdev)
         g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        r = torch.rand((n, 1), generator=generator, dtype=dt, device="cpu") ** (1.0 / d)
+        r = torch.rand((n, 1), generator=generator, dtype=dt, device=gdev) ** (1.0 / d)
         delta = (g * r * radius).view(shape)
     elif norm == "linf":
-        delta = (torch.rand(shape, generator=generator, dtype=dt, device="cpu") * 2 - 1) * radius
+        delta = (torch.rand(shape, generator=generator, dtype=dt, device=gdev) * 2 - 1) * radius
     else:
         raise UserInputError(f"CLEVER samples in an 'l2' or 'linf' ball, not {norm!r}")
     return center.unsqueeze(0) + delta.to(dev)
