@@ -509,12 +509,35 @@ def finish(
                             dict(extra or {}))
     if project:
         x_adv = threat.project(x_adv, x).detach()
-        norm = threat.norm_of(x_adv - x)
+    return _judged(attack, params, model, x, y, x_adv, threat, budget=not project,
+                   mc_samples=mc_samples, generator=generator, extra=dict(extra or {}))
+
+
+def finish_minimal(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   x_adv: torch.Tensor, min_norm: torch.Tensor, threat: ThreatModel, *,
+                   mc_samples: Optional[int], generator: Optional[torch.Generator],
+                   extra: dict) -> AttackResult:
+    """Judge the result of a minimal-perturbation attack (shared by C&W and DeepFool).
+
+    ``x_adv`` is clipped to the box but not projected onto the ball; it is judged with the
+    MC-averaged prediction, and with ``threat.eps > 0`` a success also needs ``norm <= eps``
+    (``eps == 0``: no budget). ``extra["min_norm"]`` keeps the attack's own minimal norms.
+    """
+    return _judged(attack, params, model, x, y, threat.clip(x_adv).detach(), threat,
+                   budget=threat.eps > 0, mc_samples=mc_samples, generator=generator,
+                   extra={"min_norm": min_norm, **extra})
+
+
+def _judged(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            x_adv: torch.Tensor, threat: ThreatModel, *, budget: bool, mc_samples: Optional[int],
+            generator: Optional[torch.Generator], extra: dict) -> AttackResult:
+    """Judge ``x_adv`` afresh; with ``budget`` a success also needs the perturbation to fit eps."""
+    norm = threat.norm_of(x_adv - x)
     success, fooled_any, pred = judge(model, x_adv, y, threat, mc_samples, generator)
-    if not project:
+    if budget:
         fits = within_budget(norm, threat.eps)
         success, fooled_any = success & fits, fooled_any & fits
-    return AttackResult(x_adv, success, fooled_any, pred, norm, attack, dict(params), dict(extra or {}))
+    return AttackResult(x_adv, success, fooled_any, pred, norm, attack, dict(params), extra)
 
 
 # ---------------------------------------------------------------------------- randomness
@@ -620,8 +643,9 @@ def as_long(y: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "LOSSES", "SampleNoise",
-    "ce_loss", "check_attack_inputs", "cw_loss", "dlr_loss", "dlr_targeted_loss", "draw_probs",
-    "bcast_rows", "child_generator", "draw_seed", "finish", "generator_scope", "input_gradient", "judge", "loss_label",
-    "mask_label", "mc_predict", "no_side_effects", "objective", "reached_goal", "resolve_draws", "resolve_loss",
-    "samples_vectorizable", "within_budget",
+    "bcast_rows", "ce_loss", "check_attack_inputs", "child_generator", "cw_loss", "dlr_loss",
+    "dlr_targeted_loss", "draw_probs", "draw_seed", "finish", "finish_minimal", "generator_scope",
+    "input_gradient", "judge", "loss_label", "mask_label", "mc_predict", "no_side_effects",
+    "objective", "reached_goal", "resolve_draws", "resolve_loss", "samples_vectorizable",
+    "within_budget",
 ]

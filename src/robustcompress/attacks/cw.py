@@ -29,7 +29,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, bcast_rows, cw_loss, generator_scope, judge
+from robustcompress.attacks.base import (
+    AttackResult,
+    bcast_rows,
+    cw_loss,
+    finish_minimal,
+    generator_scope,
+)
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import ThreatModelError, UserInputError
@@ -184,22 +190,3 @@ def cw_l2(
     return finish_minimal("cw", params, model, x, y, out.x_adv, out.l2, threat,
                           mc_samples=mc_samples, generator=generator, extra={"const": out.const})
 
-
-def finish_minimal(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   x_adv: torch.Tensor, min_norm: torch.Tensor, threat: ThreatModel, *,
-                   mc_samples: Optional[int], generator: Optional[torch.Generator],
-                   extra: dict) -> AttackResult:
-    """Judge the result of a minimal-perturbation attack (shared by C&W and DeepFool).
-
-    ``x_adv`` is clipped to the box but not projected onto the ball; it is judged with the
-    MC-averaged prediction, and with ``threat.eps > 0`` a success also needs ``norm <= eps``
-    (``eps == 0``: no budget). ``extra["min_norm"]`` keeps the attack's own minimal norms.
-    """
-    x_adv = threat.clip(x_adv).detach()
-    success, fooled_any, pred = judge(model, x_adv, y, threat, mc_samples, generator)
-    norm = threat.norm_of(x_adv - x)
-    if threat.eps > 0:
-        fits = norm <= threat.eps * (1 + 1e-6) + 1e-12
-        success, fooled_any = success & fits, fooled_any & fits
-    return AttackResult(x_adv, success, fooled_any, pred, norm, attack, dict(params),
-                        {"min_norm": min_norm, **extra})

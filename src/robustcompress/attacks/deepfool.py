@@ -34,8 +34,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, bcast_rows, generator_scope, mask_label
-from robustcompress.attacks.cw import finish_minimal
+from robustcompress.attacks.base import (
+    AttackResult,
+    bcast_rows,
+    finish_minimal,
+    generator_scope,
+    mask_label,
+)
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import UserInputError
