@@ -8,6 +8,8 @@ import torch
 from scipy import integrate, special
 from torch import nn
 
+from robustcompress.errors import UserInputError
+
 from robustcompress.nn import freeze_noise, model_properties, use_generator
 from robustcompress.nn.beta_bernoulli import (
     BetaBernoulliMask,
@@ -125,3 +127,9 @@ def test_add_bb_masks_places_masks_after_every_conv_and_hidden_linear():
     model.eval()
     assert not model_properties(model).stochastic
     assert model(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+    only_conv = add_bb_masks(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                                           nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 3)),
+                             where="conv_out")
+    assert [n for n, _ in bb_masks(only_conv)] == ["0.1"]
+    with pytest.raises(UserInputError):
+        add_bb_masks(nn.Sequential(nn.Linear(3, 3)), where="everywhere")

@@ -234,8 +234,8 @@ def add_bb_masks(
 
     Parameters
     ----------
-    where : ``"outputs"`` (the only placement implemented): after every conv and every hidden
-        linear layer, i.e. all but the classifier (see :func:`maskable_layers`).
+    where : ``"outputs"`` (default): after every conv and every hidden linear layer, i.e. all but
+        the classifier (see :func:`maskable_layers`); ``"conv_out"``: after the convs only.
     layers : explicit layer names instead of the default selection.
 
     Deviation from the original: the reference code masks the *inputs* of the FC layers; for the
@@ -243,9 +243,11 @@ def add_bb_masks(
     flattened conv features feeding FC-1 (a per-pixel-and-channel unit mask) is not added: the
     channel masks of the last conv already prune those features channel-wise.
     """
-    if where != "outputs":
-        raise UserInputError(f"unknown mask placement {where!r}; use where='outputs'")
+    if where not in ("outputs", "conv_out"):
+        raise UserInputError(f"unknown mask placement {where!r}; use where='outputs' or 'conv_out'")
     names = maskable_layers(model) if layers is None else list(layers)
+    if where == "conv_out" and layers is None:
+        names = [n for n in names if not isinstance(model.get_submodule(n), nn.Linear)]
     if not names:
         raise UserInputError(
             "add_bb_masks found no conv/hidden linear layer to mask; the model needs at least one "
