@@ -5,6 +5,7 @@ import torch
 
 from robustcompress.data import load_dataset
 from robustcompress.defenses import get_defense
+from robustcompress.errors import UserInputError
 from robustcompress.defenses.base import DefenseContext
 from robustcompress.defenses.pruning import L1Activation, progressive_prune
 from robustcompress.metrics.sparsity import activation_sparsity, weight_sparsity
@@ -58,6 +59,8 @@ def test_progressive_resumes_from_round_checkpoints(digits, trained, tmp_path, m
 
     monkeypatch.setattr(tr, "fit", boom)
     again = progressive_prune(trained, digits, 0.5, 2, 1, checkpoint_dir=tmp_path)
+    with pytest.raises(UserInputError):  # other settings never silently reuse stale rounds
+        progressive_prune(trained, digits, 0.3, 2, 1, checkpoint_dir=tmp_path)
     for (s1, m1), (s2, m2) in zip(first, again):
         assert s1 == s2
         assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(),

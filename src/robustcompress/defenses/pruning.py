@@ -151,6 +151,11 @@ def _progressive(model: nn.Module, params: dict, rounds: int,
         nxt = copy.deepcopy(current)
         st, js = _round_paths(ckdir, k) if ckdir is not None else (None, None)
         if st is not None and st.is_file() and js.is_file():
+            saved = json.loads(js.read_text())
+            if any(saved.get(k) != v for k, v in params.items() if k != "rounds"):
+                raise UserInputError(
+                    f"{js} was written with other pruning settings ({saved}); use a new "
+                    "checkpoint folder or delete it to start over")
             mask_structure(nxt, kfl).load_state_dict(load_file(str(st)))
         else:
             magnitude_prune(nxt, params["rho"], scope=params["scope"], keep_first_last=kfl)
