@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -428,6 +428,7 @@ def anp_vs(
     adv_weight: float = 2.0,
     mask_lr: float = 1e-2,
     weight_lr: float = 1e-3,
+    where: str = "outputs",
     config=None,
     fit_fn=None,
     generator: Optional[torch.Generator] = None,
@@ -450,7 +451,7 @@ def anp_vs(
     from robustcompress.training.objectives import ANPVS
 
     threat = ThreatModel.from_spec(norm, eps, dataset.info)
-    net = add_bb_masks(copy.deepcopy(model))
+    net = add_bb_masks(copy.deepcopy(model), where)
     obj = ANPVS(threat, len(dataset.train), beta=beta, lam=lam, adv_weight=adv_weight, steps=steps,
                 step_size=step_size, mask_lr=mask_lr, weight_lr=weight_lr, generator=generator)
     if fit_fn is not None:
@@ -502,6 +503,7 @@ class ANPVSDefense(DefenseSpec):
         adv_weight: float = 2.0
         mask_lr: float = 1e-2
         weight_lr: float = 1e-3
+        where: Literal["outputs", "conv_out"] = "outputs"
         epochs: int = 10
         export: bool = True
         #: filled in by ``apply`` when exported: kept channels per layer (for checkpoint rebuild)
@@ -518,7 +520,8 @@ class ANPVSDefense(DefenseSpec):
         net = anp_vs(model, ctx.dataset, eps=params.eps, norm=params.norm, beta=params.beta,
                      lam=params.lam, steps=params.steps, step_size=params.step_size,
                      adv_weight=params.adv_weight, mask_lr=params.mask_lr,
-                     weight_lr=params.weight_lr, fit_fn=fit_fn, config=cfg, generator=gen,
+                     weight_lr=params.weight_lr, where=params.where, fit_fn=fit_fn, config=cfg,
+                     generator=gen,
                      progress=ctx.progress)
         base_rec = list(getattr(model, "robustcompress_defenses", []))
         p = params.model_dump()
@@ -537,7 +540,7 @@ class ANPVSDefense(DefenseSpec):
 
     def structure(self, model: nn.Module, params: "ANPVSDefense.Params") -> nn.Module:
         if not params.export or params.kept_channels is None:
-            return add_bb_masks(model)
+            return add_bb_masks(model, params.where)
         spec = getattr(model, "robustcompress_spec", None)
         if spec is None:
             raise UserInputError("rebuilding an exported ANP-VS model needs the base model's "
