@@ -194,3 +194,32 @@ def test_train_cli_under_torchrun_is_data_parallel_and_rank0_only_prints(tmp_pat
     assert p.stdout.count("robustcompress train") == 1  # one summary table: rank 0's
     meta = json.loads((run / "model.json").read_text())
     assert meta["metrics"]["test_acc"] > 0.7 and meta["metrics"]["processes"] == 2
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_experiment_with_data_parallel_training_under_torchrun(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "exp"
+    cfg = {"name": "ddp", "seed": 1, "output_dir": str(out),
+           "dataset": {"name": "digits", "train_limit": 400, "test_limit": 100},
+           "model": {"name": "lenet300"},
+           "training": {"epochs": 2, "batch_size": 64, "lr": 0.003, "data_parallel": True},
+           "evaluation": {"n_samples": 40, "batch_size": 20, "threats": [{"norm": "linf", "eps": [0.1]}],
+                          "paper": [{"attack": "fgsm"}], "adaptive": False}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "robustcompress.cli", "run", str(tmp_path / "c.yaml"),
+           "--no-progress", "--device", "cpu"]
+    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    states = list((out / "train").glob("base-*/state.json"))
+    assert len(states) == 1
+    hist = json.loads(states[0].read_text())["history"]
+    assert [h["processes"] for h in hist] == [2, 2] and hist[-1]["test_acc"] > 0.6
