@@ -7,7 +7,8 @@
     result.robust_accuracy, result.success, result.x_adv
 
 Every attack is a plain function in ``attacks/<name>.py`` registered in
-:mod:`robustcompress.attacks.registry`; importing this package registers all of them.
+:mod:`robustcompress.attacks.registry`; importing this package registers all of them, and the
+package exports each attack function under its registry name (``pgd``, ``cw``, ``deepfool``, ...).
 """
 
 from robustcompress.attacks.threat import ThreatModel  # noqa: F401
@@ -39,7 +40,23 @@ from robustcompress.attacks.transfer import transfer  # noqa: F401,E402
 from robustcompress.attacks.noise import gaussian, uniform  # noqa: F401,E402
 from robustcompress.attacks.eot import ExpectationModel  # noqa: F401,E402
 
-# --- attacks owned by the attack-eval helper (they append their imports below) -----------------
-from robustcompress.attacks import cw, deepfool, square  # noqa: F401,E402
+# --- attacks owned by the attack-eval helper ---------------------------------------------------
+from robustcompress.attacks.cw import cw_l2  # noqa: F401,E402
+from robustcompress.attacks.deepfool import deepfool  # noqa: F401,E402
+from robustcompress.attacks.square import square  # noqa: F401,E402
 from robustcompress.attacks.checks import Flag, masking_checks  # noqa: F401,E402
 from robustcompress.attacks.adaptive import RobustnessReport, evaluate_robustness  # noqa: F401,E402
+
+# Like ``pgd`` above, every attack is exported as its function under its registry name, so
+# ``robustcompress.attacks.cw`` is the C&W-L2 function (the module stays importable by its path:
+# ``from robustcompress.attacks.cw import cw_l2_perturb``). Bound last so that no later submodule
+# import rebinds the name to the module.
+cw = cw_l2
+
+__all__ = [
+    "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "ExpectationModel", "Flag",
+    "RobustnessReport", "SampleNoise", "ThreatModel", "apgd", "apgd_t", "bim", "bim_paper_schedule",
+    "cw", "cw_l2", "deepfool", "evaluate_robustness", "fgsm", "gaussian", "get_attack",
+    "input_gradient", "judge", "list_attacks", "masking_checks", "mc_predict", "mim", "objective",
+    "pgd", "register_attack", "rfgsm", "run_attack", "square", "transfer", "uniform",
+]
