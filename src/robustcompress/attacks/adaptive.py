@@ -34,7 +34,15 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import child_generator, draw_seed, judge, mc_predict, reached_goal
+from robustcompress.attacks.base import (
+    child_generator,
+    draw_logits,
+    draw_seed,
+    judge,
+    mc_predict,
+    prediction,
+    reached_goal,
+)
 from robustcompress.attacks.checks import DEFAULT_TOL, Flag, masking_checks
 from robustcompress.attacks.registry import get_attack, run_attack
 from robustcompress.attacks.threat import ThreatModel
@@ -279,16 +287,16 @@ def evaluate_robustness(
     # clean verdict
     t0 = time.perf_counter()
     clean_seed = draw_seed(master)
-    probs = mc_predict(model, x, mc_samples=mc, generator=_new_generator(clean_seed, dev),
-                       batch_size=batch_size)
-    clean_correct = ~reached_goal(probs.argmax(1), y, threat.targeted)
+    logits = draw_logits(model, x, mc_samples=mc, generator=_new_generator(clean_seed, dev),
+                         batch_size=batch_size)
+    clean_correct = ~reached_goal(prediction(logits), y, threat.targeted)  # judged like attacks
     timings: dict[str, float] = {"clean": time.perf_counter() - t0}
     n = int(x.shape[0])
     clean_acc = float(clean_correct.double().mean()) if n else math.nan
     say(f"clean accuracy {clean_acc:.2%} on {n} inputs ({threat.describe()}; EOT {eot}, MC {mc}"
         + (f", BPDA {bpda}" if bpda_used else "") + ")")
 
-    num_classes = int(probs.shape[1])
+    num_classes = int(logits.shape[2])
     battery = (default_battery(threat, num_classes, apgd_steps=apgd_steps, n_restarts=n_restarts,
                                square_queries=square_queries, surrogate=surrogate_model is not None)
                if attacks is None else _normalise_battery(attacks))

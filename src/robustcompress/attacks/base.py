@@ -10,7 +10,9 @@
   draws of the model's randomness (Expectation over Transformation, Athalye et al. 2018).
 * :func:`mc_predict` and :func:`judge`: Monte-Carlo averaged softmax predictions, the verdict a
   robust-accuracy figure is computed from (a sample is robust only under the averaged prediction;
-  ``fooled_any`` also reports "fooled in at least one of n draws").
+  ``fooled_any`` also reports "fooled in at least one of n draws"). With a single draw
+  (deterministic models) the verdict is the argmax of the logits themselves, exactly what a user
+  re-predicting gets (softmax can round two nearly equal logits to equal probabilities).
 * :class:`SampleNoise`: randomness drawn per sample from per-sample generators seeded in order from
   the caller's generator, so random starts do not depend on how the data is batched.
 
@@ -63,7 +65,8 @@ class AttackResult:
         already misclassifies count as successes.
     fooled_any : goal reached in at least one of the ``mc_samples`` draws (equal to ``success``
         for deterministic models).
-    pred : predicted class of ``x_adv`` (argmax of the MC-averaged softmax).
+    pred : predicted class of ``x_adv`` (:func:`prediction`: argmax of the logits for a
+        deterministic model, of the MC-averaged softmax for a stochastic one).
     norm : perturbation size ``||x_adv - x||`` in the threat model's norm.
     attack, params : the attack's registered name and the parameters it ran with.
     extra : attack-specific per-sample or scalar information (e.g. the loss reached).
@@ -392,7 +395,7 @@ def objective(
 
 # ---------------------------------------------------------------------------- predictions
 @torch.no_grad()
-def draw_probs(
+def draw_logits(
     model: nn.Module,
     x: torch.Tensor,
     *,
@@ -400,7 +403,7 @@ def draw_probs(
     generator: Optional[torch.Generator] = None,
     batch_size: Optional[int] = None,
 ) -> torch.Tensor:
-    """Softmax probabilities of each draw, shape ``[n, B, C]`` (``n = 1`` for deterministic models).
+    """Logits of each draw (at least float32), shape ``[n, B, C]`` (``n = 1`` for deterministic models).
 
     ``batch_size`` bounds the rows per forward (inputs times stacked copies).
     """
@@ -411,7 +414,7 @@ def draw_probs(
 
     def run(c: int):
         parts = [
-            F.softmax(_at_least_float32(model(_repeat(xc, c))), dim=1).view(c, xc.shape[0], -1)
+            _at_least_float32(model(_repeat(xc, c))).view(c, xc.shape[0], -1)
             for xc in chunks
         ]
         return (torch.cat(parts, dim=1),)
@@ -438,7 +441,20 @@ def mc_predict(
     ``mc_samples=None`` means 1 for deterministic models and :data:`DEFAULT_MC_SAMPLES` for
     stochastic ones. Runs under ``no_grad``; the model's mode is not changed.
     """
-    return draw_probs(model, x, mc_samples=mc_samples, generator=generator, batch_size=batch_size).mean(0)
+    logits = draw_logits(model, x, mc_samples=mc_samples, generator=generator, batch_size=batch_size)
+    return F.softmax(logits, dim=2).mean(0)
+
+
+def prediction(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class ``[B]`` from the logits of ``n`` draws ``[n, B, C]`` (see :func:`draw_logits`).
+
+    One draw (deterministic models): the argmax of the logits, exactly what re-predicting the
+    input gives; two logits closer than float rounding would tie after softmax and could give
+    another class. Several draws: the argmax of the mean softmax (the MC-averaged prediction).
+    """
+    if logits.shape[0] == 1:
+        return logits[0].argmax(dim=1)
+    return F.softmax(logits, dim=2).mean(0).argmax(dim=1)
 
 
 def within_budget(norm: torch.Tensor, eps: float) -> torch.Tensor:
@@ -462,12 +478,14 @@ def judge(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(success, fooled_any, pred)`` of ``x_adv`` under MC-averaged predictions.
 
-    ``success``: the averaged prediction reaches the goal; ``fooled_any``: at least one draw does.
+    ``success``: the prediction (:func:`prediction`: the logits' argmax for a deterministic model,
+    the MC-averaged softmax's for a stochastic one) reaches the goal; ``fooled_any``: at least one
+    draw's own prediction (the argmax of its logits) does.
     """
-    probs = draw_probs(model, x_adv, mc_samples=mc_samples, generator=generator, batch_size=batch_size)
-    pred = probs.mean(0).argmax(dim=1)
+    logits = draw_logits(model, x_adv, mc_samples=mc_samples, generator=generator, batch_size=batch_size)
+    pred = prediction(logits)
     success = reached_goal(pred, y, threat.targeted)
-    fooled_any = reached_goal(probs.argmax(dim=2), y.unsqueeze(0), threat.targeted).any(dim=0)
+    fooled_any = reached_goal(logits.argmax(dim=2), y.unsqueeze(0), threat.targeted).any(dim=0)
     return success, fooled_any | success, pred
 
 
@@ -644,8 +662,8 @@ def as_long(y: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "LOSSES", "SampleNoise",
     "bcast_rows", "ce_loss", "check_attack_inputs", "child_generator", "cw_loss", "dlr_loss",
-    "dlr_targeted_loss", "draw_probs", "draw_seed", "finish", "finish_minimal", "generator_scope",
+    "dlr_targeted_loss", "draw_logits", "draw_seed", "finish", "finish_minimal", "generator_scope",
     "input_gradient", "judge", "loss_label", "mask_label", "mc_predict", "no_side_effects",
-    "objective", "reached_goal", "resolve_draws", "resolve_loss", "samples_vectorizable",
+    "objective", "prediction", "reached_goal", "resolve_draws", "resolve_loss", "samples_vectorizable",
     "within_budget",
 ]
