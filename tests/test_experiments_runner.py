@@ -70,8 +70,9 @@ def test_end_to_end_rows_and_report(full_run):
     # a stronger attack never does better than FGSM by much, and larger eps hurts
     assert by[("base", "pgd", "0.3", 0)] <= by[("base", "fgsm", "0.3", 0)] + 0.05
     assert by[("base", "fgsm", "0.3", 0)] <= by[("base", "fgsm", "0.1", 0)] + 1e-9
-    # deterministic model: both runs identical; stochastic (SAP) model may differ
-    assert by[("base", "pgd", "0.1", 0)] == by[("base", "pgd", "0.1", 1)]
+    # a deterministic attack on a deterministic model: repeated runs identical; PGD's random
+    # start is seeded per run, so its runs may differ
+    assert by[("base", "fgsm", "0.1", 0)] == by[("base", "fgsm", "0.1", 1)]
     clean = {v: acc for v, a, p, *_rest, acc, _f, _c in r if p == "clean"}
     assert clean["base"] > 0.8
     for name in ("report.md", "report.html", "report.json", "plots/acc_vs_eps_fgsm.png", "plots/pareto.png",

@@ -103,8 +103,11 @@ class Runner:
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
+        """Progress line (rank 0 only); printed literally, so labels like sap[frac=1.0] survive."""
         if self.rank == 0:
-            self._log(msg)
+            from rich.markup import escape
+
+            self._log(escape(msg))
 
     def _timed(self, stage: str, t0: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
@@ -147,8 +150,8 @@ class Runner:
 
     # ------------------------------------------------------------------ models
     def _ckpt(self, key: str, label: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
-        return self.out / "models" / f"{safe}-{key}"
+        """Checkpoint stem of a variant: readable label + key, no dots (suffixes are added)."""
+        return self.out / "models" / f"{self.label_safe(label)}-{key}"
 
     def build_models(self) -> list[Variant]:
         """Train (or load) the base model, then every defense variant, parents first."""
@@ -223,9 +226,12 @@ class Runner:
         workdir = self.out / "train" / f"{self.label_safe(step.name)}-{step.key}"
         train_settings = {"seed": self.cfg.seed, **self.cfg.training, **step.training}
 
+        calls = [0]  # a defense may train several times (progressive rounds): one folder per call
+
         def ctx_fit(model, objective=None, **overrides):
             tcfg = TrainConfig(**{**train_settings, **overrides})
-            sub = workdir / stable_hash([tcfg.model_dump(mode="json"), repr(objective)])
+            calls[0] += 1
+            sub = workdir / f"fit{calls[0]}-{stable_hash([tcfg.model_dump(mode='json'), type(objective).__name__])}"
             return fit(model, self.dataset, tcfg, objective=objective, checkpoint_dir=sub,
                        device=self.device, progress=self.progress and self.rank == 0,
                        distributed=tcfg.data_parallel is True).model
@@ -255,7 +261,8 @@ class Runner:
 
     @staticmethod
     def label_safe(label: str) -> str:
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+        """A file-name-safe form of a variant label (letters, digits, - and _ only)."""
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:60]
 
     # ------------------------------------------------------------------ evaluation
     def eval_data(self):
