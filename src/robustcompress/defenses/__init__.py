@@ -22,3 +22,4 @@ from robustcompress.defenses import adversarial_training  # noqa: F401,E402
 from robustcompress.defenses import anp_vs  # noqa: F401,E402
 from robustcompress.defenses import feature_squeezing  # noqa: F401,E402
 from robustcompress.defenses import defensive_quantization  # noqa: F401,E402
+from robustcompress.defenses import independent  # noqa: F401,E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +50,8 @@ def run_experiment(config: ExperimentConfig | str | Path, *, progress: bool = Tr
     cfg = config if isinstance(config, ExperimentConfig) else load_config(find_config(config))
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
-    console = console or Console()
+    # a redirected run (CI logs, `| tee`) gets a table wide enough to read, not 80 columns
+    console = console or (Console() if sys.stdout.isatty() else Console(width=180))
     from robustcompress.device import resolve_device
 
     started_group = not distributed.is_distributed() and distributed.init_from_env(resolve_device(cfg.device))

@@ -283,6 +283,7 @@ class Runner:
 
     def evaluate_all(self, variants: list[Variant], store: ResultsStore) -> None:
         x, y = self.eval_data()
+        self.models_by_label = {v.label: v.model for v in variants}
         surrogate = next((v.model for v in variants if v.label == self.cfg.evaluation.transfer_from), None)
         for v in variants:
             v.model.eval()
@@ -376,6 +377,14 @@ class Runner:
 
         eot, mc = item.eot or 1, item.mc or 1
         params = item.attack_params()
+        if isinstance(params.get("surrogate"), str):  # transfer: name of another variant
+            name = params["surrogate"]
+            if name not in self.models_by_label:
+                from robustcompress.errors import ConfigError
+
+                raise ConfigError(f"transfer surrogate {name!r} is not a variant of this run; choose one of "
+                                  f"{', '.join(self.models_by_label)}")
+            params = {**params, "surrogate": self.models_by_label[name]}
         t0 = time.perf_counter()
 
         def one(xb, yb, g, b):
@@ -390,7 +399,7 @@ class Runner:
                                fooled_any=fooled.float().mean().item(),
                                mean_norm=norms.mean().item(), median_norm=norms.median().item(),
                                seconds=time.perf_counter() - t0,
-                               extra={"eot": eot, "mc": mc, "params": params}))
+                               extra={"eot": eot, "mc": mc, "params": item.attack_params()}))
 
     def adaptive(self, w, v: Variant, x, y, threat, eps_label: str, surrogate) -> None:
         from robustcompress.attacks import evaluate_robustness
