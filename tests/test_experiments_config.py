@@ -130,3 +130,8 @@ def test_shipped_configs_are_valid():
     assert "demo" in shipped
     for name, path in shipped.items():
         load_config(path)  # raises on any problem
+
+
+def test_transfer_surrogate_must_be_a_variant(tmp_path):
+    text = GOOD.replace("    - attack: fgsm", "    - attack: transfer\n      surrogate: nothere")
+    check_error(tmp_path, text, "evaluation.paper[0].surrogate", "'nothere'", "independent")

@@ -302,7 +302,13 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
         from robustcompress.attacks import list_attacks
 
         attacks = list_attacks()
+        names = {"base"} | {d.name for d in cfg.defenses}
         for i, a in enumerate(cfg.evaluation.paper):
+            sur = a.attack_params().get("surrogate")
+            if sur is not None and (not isinstance(sur, str) or sur.split("[")[0] not in names):
+                problems.append(f"{where(('evaluation', 'paper', i, 'surrogate'))}: evaluation.paper[{i}].surrogate: "
+                                f"{sur!r} is not 'base' or a defense name ({', '.join(sorted(names))}); "
+                                "add e.g. {name: other, method: independent} for a separately trained model")
             if a.attack not in attacks:
                 problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
                                 f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")
