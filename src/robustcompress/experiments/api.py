@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +56,7 @@ def run_experiment(config: ExperimentConfig | str | Path, *, progress: bool = Tr
     console = console or (Console() if sys.stdout.isatty() else Console(width=180))
     from robustcompress.device import resolve_device
 
+    t_start = time.perf_counter()
     started_group = not distributed.is_distributed() and distributed.init_from_env(resolve_device(cfg.device))
     try:
         runner = Runner(cfg, progress=progress, console=console, log=console.print)
@@ -70,7 +73,14 @@ def run_experiment(config: ExperimentConfig | str | Path, *, progress: bool = Tr
         if getattr(runner, "dataset", None) is not None and runner.dataset.info.note:
             data.notes.append(runner.dataset.info.note)
         paths = write_report(data, summary.output_dir, html_report=cfg.report.html)
+        timing = {"wall_s": round(time.perf_counter() - t_start, 1),
+                  "stages_s": {k: round(v, 1) for k, v in summary.stage_seconds.items()},
+                  "units_run": summary.units_run, "units_skipped": summary.units_skipped}
+        (summary.output_dir / "timing.json").write_text(json.dumps(timing, indent=2))
         print_leaderboard(data, console)
+        console.print("time per stage (s): " + ", ".join(f"{k} {v}" for k, v in timing["stages_s"].items())
+                      + f"; total {timing['wall_s']} s ({summary.units_run} units run, "
+                      f"{summary.units_skipped} already done)", markup=False)
         console.print(f"report: {paths['md']}" + (f" and {paths['html']}" if "html" in paths else ""))
         if cfg.mlflow.enabled:
             from robustcompress.experiments.mlflow_log import log_run
