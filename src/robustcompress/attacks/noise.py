@@ -21,7 +21,7 @@ from torch import nn
 
 from robustcompress.attacks.base import AttackResult, SampleNoise, finish
 from robustcompress.attacks.registry import register_attack
-from robustcompress.attacks.threat import ThreatModel, uniform_l2_ball
+from robustcompress.attacks.threat import ThreatModel
 
 
 @register_attack("gaussian", kind="noise")
@@ -56,9 +56,5 @@ def uniform(
     mc_samples: Optional[int] = None,
 ) -> AttackResult:
     """Noise uniform in the eps-ball (Linf cube or L2 ball), clipped to the box."""
-    noise = SampleNoise(x.shape[0], generator, x.device)
-    if threat.norm == "linf":
-        delta = (noise.rand(x) * 2 - 1) * threat.eps
-    else:
-        delta = uniform_l2_ball(x, noise, threat.eps)
+    delta = threat.random_delta(x, SampleNoise(x.shape[0], generator, x.device))
     return finish("uniform", {}, model, x, y, x + delta, threat, mc_samples=mc_samples, generator=generator)

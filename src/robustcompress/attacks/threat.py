@@ -272,18 +272,20 @@ class ThreatModel:
         """
         return self.clip(x + self.project_delta(x_adv - x))
 
-    def random_start(self, x: torch.Tensor, noise: "SampleNoise") -> torch.Tensor:
-        """A random point of the ball around ``x`` (clamped into the box).
+    def random_delta(self, x: torch.Tensor, noise: "SampleNoise") -> torch.Tensor:
+        """A perturbation per sample, uniform in the ball (not clipped to the box).
 
         Linf: uniform in the cube (Madry et al. 2018). L2: uniform in the ball (Gaussian direction,
         radius ``eps * U^(1/d)``). Noise is drawn per sample from ``noise`` (see
         :class:`robustcompress.attacks.base.SampleNoise`), so it does not depend on the batch.
         """
         if self.norm == "linf":
-            delta = (noise.rand(x) * 2 - 1) * self.eps
-        else:
-            delta = uniform_l2_ball(x, noise, self.eps)
-        return self.clip(x + delta)
+            return (noise.rand(x) * 2 - 1) * self.eps
+        return uniform_l2_ball(x, noise, self.eps)
+
+    def random_start(self, x: torch.Tensor, noise: "SampleNoise") -> torch.Tensor:
+        """A random point of the ball around ``x`` (:meth:`random_delta`, clamped into the box)."""
+        return self.clip(x + self.random_delta(x, noise))
 
 
 def uniform_l2_ball(x: torch.Tensor, noise, eps: float) -> torch.Tensor:
