@@ -57,6 +57,10 @@ def run_experiment(config: ExperimentConfig | str | Path, *, progress: bool = Tr
     from robustcompress.device import resolve_device
 
     t_start = time.perf_counter()
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     started_group = not distributed.is_distributed() and distributed.init_from_env(resolve_device(cfg.device))
     try:
         runner = Runner(cfg, progress=progress, console=console, log=console.print)

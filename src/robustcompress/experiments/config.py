@@ -152,6 +152,9 @@ class ExperimentConfig(_Strict):
     description: str = ""
     seed: int = 0
     device: str = "auto"
+    # CPU threads for torch (None: torch's default). Small models run fastest on 1 thread, and
+    # several threads collapse when other processes share the cores (measured 40x slower).
+    threads: Optional[int] = Field(default=None, ge=1)
     output_dir: Optional[str] = None
     dataset: DatasetSection
     model: ModelSection = Field(default_factory=ModelSection)

@@ -178,6 +178,7 @@ def plot_accuracy_vs_eps(data: ReportData, out: Path) -> list[Path]:
     for attack in data.attacks("paper") + (["worst-case"] if data.attacks("adaptive") else []):
         protocol = "adaptive" if attack == "worst-case" else "paper"
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours for up to 20 variants
         for v in data.variants:
             ys = [data.robust(v, attack, protocol, l)[0] for l in labels]
             clean = data.clean(v)
