@@ -15,7 +15,7 @@ from robustcompress.errors import UserInputError
 
 
 #: Per-dataset defaults of `train` (explicit options win). digits/mnist/fsdd are the settings
-#: measured in docs/sections/models_training.md; speech_commands/cifar10 are starting points.
+#: measured in README.md (Models, training); speech_commands/cifar10 are starting points.
 RECIPES: dict[str, dict] = {
     "digits": {"epochs": 10, "batch_size": 64},
     "mnist": {"epochs": 2, "batch_size": 128, "optimizer": "adam", "lr": 1e-3},

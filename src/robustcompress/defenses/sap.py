@@ -15,7 +15,7 @@ layers declare ``stochastic=True`` and ``granularity="sample"``. :func:`predict`
 ADV+SAP (the paper's Sec. 4.1.3) is SAP applied post hoc to an adversarially trained model: train
 the base model with an adversarial objective (config: ``training.objective`` / the
 ``adversarial`` defense), then apply ``sap`` to it (a ``sap`` entry after it in the config's
-defense list, or ``robustcompress sap --checkpoint ADV_CHECKPOINT``). See docs/sections/sap.md.
+defense list, or ``robustcompress sap --checkpoint ADV_CHECKPOINT``). See the SAP section of README.md.
 
 Deviations from the original: see :mod:`robustcompress.nn.sap` (draw count at least 1; the
 exact sampler's float resolution). The original seeds its RNG from the wall clock on every
