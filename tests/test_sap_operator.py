@@ -194,3 +194,24 @@ def test_bad_arguments_raise_user_errors():
         with pytest.raises(UserInputError):
             sap(torch.rand(2, 3), **kwargs)
     assert num_draws(10, 0.01) == 1 and num_draws(100, 1.0) == 100
+
+
+def test_exact_sampler_boundaries_on_cell_edges_give_the_occupancy_law(gen):
+    # Equal entries put every CDF boundary exactly on a cell edge of the cell table (and with
+    # frac=2, two draws per entry, several cells hold boundaries): the number of distinct kept
+    # entries must follow the classical occupancy law of r draws among D equally likely cells.
+    from math import comb, factorial
+
+    from scipy.special import stirling2
+
+    for d, frac in ((6, 1.0), (5, 2.0)):
+        r = num_draws(d, frac)
+        n = 20000
+        kept = (_draws(torch.ones(d), n, gen, frac=frac) != 0).sum(1)
+        ks = range(1, d + 1)
+        expected = torch.tensor([comb(d, k) * float(stirling2(r, k, exact=True)) * factorial(k)
+                                 / d ** r for k in ks], dtype=torch.float64) * n
+        observed = torch.stack([(kept == k).sum() for k in ks]).double()
+        use = expected > 5
+        chi2 = float(((observed[use] - expected[use]) ** 2 / expected[use]).sum())
+        assert stats.chi2.sf(chi2, int(use.sum()) - 1) > 1e-3, (d, frac, observed, expected)

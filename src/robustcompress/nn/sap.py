@@ -18,28 +18,44 @@ A fresh, independent draw is made for every sample on every call.
 Exact sampler (``method="exact"``, the default)
 -----------------------------------------------
 ``torch.multinomial(p, r, replacement=True)`` is exact but slow on CPU, and inverse-CDF sampling
-with ``torch.searchsorted`` is no faster (a binary search per draw, cache-unfriendly; numbers in
-bench/RESULTS.md). We use inverse-CDF sampling with a *cell table* instead (the "guide table"
-method of Chen & Asau, 1974, vectorised over the whole batch):
+with ``torch.searchsorted`` is no faster (a binary search per draw, about 30 ns each here). We use
+inverse-CDF sampling with a *cell table* instead (the "guide table" method of Chen & Asau, 1974,
+vectorised over the whole batch):
 
-* scale each row's CDF to ``[0, M]`` with ``M = CELLS_PER_ENTRY * D`` unit cells; keep only the
-  upper boundaries of bins of positive width (zero activations have no bin, so runs of zeros cost
-  nothing), all rows in one flat, row-major list;
-* a histogram of those boundaries per (row, cell) and its cumulative sum give, for every cell,
-  the index of the first boundary at or after it and the number of boundaries inside it;
-* a draw is a float64 uniform on ``[0, M)``: its cell is its integer part. A draw in a cell with
-  no boundary inside belongs to the bin spanning the cell (one lookup); only draws in cells that
-  hold a boundary (about ``#nonzero / M`` of them) are resolved by a vectorised binary search
-  over the few boundaries in their cell.
+* scale each row's CDF, accumulated in float64, to ``[0, M]`` with ``M = CELLS_PER_ENTRY * D``
+  unit cells (``c_j``: upper boundary of bin ``j``; ``c_{D-1} = M`` closes the row exactly);
+* a histogram of ``ceil(c_j)`` per row and its cumulative sum give ``lo[k] = #{j : c_j <= k}``
+  (the bin of a draw at the start of cell ``k``); one int32 table packs ``4 * lo[k]`` with
+  ``min(2, #boundaries in (k, k + 1])``;
+* a draw is a uniform cell ``k`` (``randint``, exactly uniform over the ``M`` cells) and one
+  table lookup. Only if its cell holds a boundary (about ``#nonzero / M`` of the draws) does it
+  get a float64 offset ``u`` in the cell: with one boundary a single comparison resolves it, with
+  several (runs of tiny or zero-width bins) a vectorised binary search over that cell's
+  boundaries. Comparisons are made as ``c_j - k <= u``, exact for ``c_j`` in ``(k, k + 1]``, so
+  the draw ``k + u`` is never rounded into a neighbouring bin.
 
 This is inverse-CDF sampling, hence exact: each draw selects bin ``j`` with probability equal to
-the width of bin ``j`` in the computed CDF. The keep probability and the rescale are computed
-from *those same widths*, so ``E[sap(h)] = h`` holds for the realised distribution, not only up
-to rounding. The CDF is accumulated in the working precision (float32 for float32/half inputs,
-float64 for float64 inputs), so each bin's probability is that of ``|h_j| / sum |h|`` up to about
-one float ulp of the row mass (``~2**-23`` in float32, the precision ``torch.multinomial`` works at
-too). The only deviation from the ideal sampler: an entry whose share is below that resolution may
-get a zero-width bin, is then never kept, and the output loses that (negligible) mass.
+the width of bin ``j`` in the computed CDF (up to the ``2**-53`` grid of the float64 offset).
+Zero activations get zero-width bins and are never drawn. The keep probability and the rescale
+are computed from *those same widths* (rounded to the working precision, float32 for
+float32/half inputs, a relative error below ``2**-24``), so ``E[sap(h)] = h`` holds for the
+realised distribution to float32 precision, not only up to the rounding of the CDF. The CDF is
+float64, so each bin's probability is ``|h_j| / sum |h|`` to about ``2**-53 * D`` relative to the
+row mass (``torch.multinomial`` works in float32). An entry whose share is below that
+resolution may get a zero-width bin, is then never kept, and the output loses that (negligible)
+mass.
+
+Speed (bench/sap_overhead.py, LeNet-5, MNIST-shaped batch 256, one thread, forward, 2026-11-22):
+5.7x to 8.5x the plain forward over four runs on a shared machine, vs 7.2x to 11.6x for the
+previous cell-table version in the same runs (1.3x to 1.4x faster) and 2.2x to 3.1x for Bernoulli
+(bench/RESULTS.md). The issue's 3x goal is not met by an exact sampler here: SAP-100
+makes one draw per activation and a vectorised draw costs several passes of random memory
+access (``randint``, a table gather, a scatter of the drawn flags, plus the table build), while
+LeNet-5 spends only a few hundred MACs per activation. Measured and rejected: sorted uniforms
+from exponential spacings merged with the CDF by one ``searchsorted`` of the ``D`` boundaries
+(the search alone costs about as much as the whole cell-table sampler); Poissonisation (exact
+with a top-up of ``r - N`` draws; ``torch.poisson`` or inversion per entry is slower); 2 to 4
+cells per entry and an int64 table (2 cells, int32, fastest).
 
 ``method="bernoulli"`` is a labelled approximation, never the default: every entry is kept
 independently with probability ``1 - (1 - p_j)^r`` (the correct marginals and unbiased, but it
@@ -54,9 +70,9 @@ we always draw at least once.
 ``h.detach()``). ``method="bernoulli"`` also runs under ``torch.func.vmap`` (``randomness=
 "different"`` gives independent draws per vmapped sample, ``"same"`` one shared draw). The exact
 sampler does not run under ``vmap``: it uses in-place ``scatter_add_`` into a per-row table and
-compacts the draws that need a binary search (``nonzero``, a data-dependent shape), which vmap
-cannot batch. It needs no vmap: every row of the first dimension already gets an independent draw
-(``granularity="sample"``), so EOT stacks copies of the batch instead.
+compacts the draws that need a comparison or a binary search (``nonzero``, a data-dependent
+shape), which vmap cannot batch. It needs no vmap: every row of the first dimension already gets
+an independent draw (``granularity="sample"``), so EOT stacks copies of the batch instead.
 """
 
 from __future__ import annotations
@@ -102,28 +118,22 @@ def _rand(kind: str, shape, generator: Optional[torch.Generator], device, dtype=
     return out.to(device)
 
 
-def _search_cells(cb: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, n_in: torch.Tensor
-                  ) -> torch.Tensor:
-    """Resolve the draws that fall in a cell containing bin boundaries.
+def _search(c: torch.Tensor, k: torch.Tensor, u: torch.Tensor, left: torch.Tensor,
+            right: torch.Tensor) -> torch.Tensor:
+    """Vectorised binary search: for every draw ``x = k + u`` (cell ``k``, offset ``u``), the
+    first index ``i`` in ``[left, right)`` of the flat, row-wise sorted boundaries ``c`` with
+    ``c[i] > x`` (``right`` when there is none). ``c[i] - k <= u`` is tested instead of
+    ``c[i] <= k + u``: the boundaries searched lie in ``(k, k + 1]``, where that difference is
+    exact, so no rounding of ``k + u`` can move a draw into another bin.
 
-    ``cb`` holds the upper boundaries of all positive-width bins (all rows, row-major, so sorted
-    within a row); ``x`` the draws (scaled to ``[0, M)``); ``lo`` the index in ``cb`` of the first
-    boundary at or after each draw's cell and ``n_in`` the number of boundaries inside the cell.
-    Returns, for every draw, the index in ``cb`` of the first boundary ``> x`` (its bin).
+    Finished draws are written back and dropped once they are the majority, so the work follows
+    the draws that still need steps.
     """
-    ans = lo.clone()
-    need = n_in.nonzero().squeeze(1)  # draws in a cell that holds a boundary
-    if need.numel() == 0:
-        return ans
-    xv = x.index_select(0, need)
-    left = lo.index_select(0, need)
-    right = left + n_in.index_select(0, need).long()
-    slot = need
-    # Binary search for the first boundary > x in cb[left:right] (right: the next cell's first
-    # boundary is > x). Finished draws are written back and dropped once they are the majority.
+    ans = torch.empty_like(left)
+    slot = torch.arange(left.numel(), device=left.device)
     while True:
         mid = (left + right) >> 1
-        go = cb.index_select(0, mid).to(xv.dtype) <= xv
+        go = c.index_select(0, mid).sub_(k) <= u
         active = left < right
         left = torch.where(active & go, mid + 1, left)
         right = torch.where(active & ~go, mid, right)
@@ -135,7 +145,7 @@ def _search_cells(cb: torch.Tensor, x: torch.Tensor, lo: torch.Tensor, n_in: tor
             d = done.nonzero().squeeze(1)
             ans.index_copy_(0, slot.index_select(0, d), left.index_select(0, d))
             keep = (~done).nonzero().squeeze(1)
-            slot, left, right, xv = (t.index_select(0, keep) for t in (slot, left, right, xv))
+            slot, left, right, k, u = (t.index_select(0, keep) for t in (slot, left, right, k, u))
 
 
 def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
@@ -143,33 +153,48 @@ def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
     """Exact "drawn at least once in ``r`` draws" indicators (B, D) for rows ``a >= 0``.
 
     Returns ``(drawn, p)`` with ``p`` the realised per-draw probability of each entry (the bin
-    widths of the computed CDF). See the module docstring for the algorithm. Only bins of
-    positive width enter the cell table, so runs of zero activations cost nothing.
+    widths of the computed CDF). See the module docstring for the algorithm.
     """
     B, D = a.shape
     M = CELLS_PER_ENTRY * D
-    c = a.cumsum(1)
+    dev = a.device
+    c = a.cumsum(1, dtype=torch.float64)
     total = c[:, -1:]
     c.mul_(torch.where(total > 0, M / total, torch.zeros_like(total)))
     c.clamp_(max=M)
     c[:, -1] = M  # the last boundary closes the row exactly (all-zero rows: one bin of width M)
+    # hist[b, i] = #{j : ceil(c_j) = i}; lo[b, k] = #{j : c_j <= k} is its cumulative sum.
+    hist = torch.zeros(B, M + 1, dtype=torch.int32, device=dev)
+    hist.scatter_add_(1, c.ceil().long(), torch.ones(1, dtype=torch.int32, device=dev).expand(B, D))
+    lo = hist.cumsum(1, dtype=torch.int32)
+    # table[b, k] = 4 * (bin of the draws in cell k that lie below the cell's first boundary)
+    #               + min(2, number of boundaries c_j in (k, k + 1])
+    table = torch.add(hist[:, 1:].clamp(max=2), lo[:, :M], alpha=4)
+    cell = _rand("int", (B, r), generator, dev, high=M)
+    t = table.gather(1, cell)
+    n_in = (t & 3).view(-1)
+    need = n_in.nonzero().squeeze(1)
+    t = (t >> 2).long()
+    if need.numel():  # draws in a cell with a boundary: exact offset in the cell, then compare
+        tf = t.view(-1)
+        row = need.div(r, rounding_mode="floor")
+        k = cell.view(-1).index_select(0, need)
+        kf = k.to(torch.float64)
+        u = _rand("rand", (need.numel(),), generator, dev, dtype=torch.float64)
+        base = row * D
+        first = tf.index_select(0, need).add_(base)  # first boundary > k, the only one if n_in=1
+        ans = first + (c.view(-1).index_select(0, first).sub_(kf) <= u)
+        many = (n_in.index_select(0, need) & 2).nonzero().squeeze(1)
+        if many.numel():  # >= 2 boundaries in the cell: binary search up to the next cell's
+            kr = row.index_select(0, many) * (M + 1) + k.index_select(0, many) + 1
+            right = lo.view(-1).index_select(0, kr).long().add_(base.index_select(0, many))
+            sel = [v.index_select(0, many) for v in (kf, u, first)]
+            ans.index_copy_(0, many, _search(c.view(-1), *sel, right))
+        tf.index_copy_(0, need, ans.sub_(base))
+    drawn = torch.zeros(B, D, dtype=torch.bool, device=dev).scatter_(1, t, True)
     width = c.clone()
     width[:, 1:] -= c[:, :-1]
-    bins = (width > 0).view(-1).nonzero().squeeze(1)  # flat indices of positive-width bins
-    cb = c.view(-1).index_select(0, bins)
-    stride = M + 1  # cells 0..M-1 take draws; cell M holds each row's closing boundary
-    cell = bins.div(D, rounding_mode="floor").mul_(stride).add_(cb.long().clamp_(max=M))
-    n_in = torch.zeros(B * stride, dtype=torch.int32, device=a.device)
-    n_in.scatter_add_(0, cell, torch.ones(1, dtype=torch.int32, device=a.device).expand(cell.numel()))
-    before = n_in.cumsum(0, dtype=torch.int64).sub_(n_in)  # boundaries (all rows) before each cell
-    # draws: uniform on [0, M) per row, in float64 so cells and offsets are exact to 2**-53 * M
-    x = _rand("rand", (B, r), generator, a.device, dtype=torch.float64).mul_(M)
-    gcell = x.long().clamp_(max=M - 1).add_(
-        torch.arange(0, B * stride, stride, device=a.device).unsqueeze(1)).view(-1)
-    pos = _search_cells(cb, x.view(-1), before.index_select(0, gcell), n_in.index_select(0, gcell))
-    drawn = torch.zeros(B * D, dtype=torch.bool, device=a.device)
-    drawn.index_fill_(0, bins.index_select(0, pos), True)
-    return drawn.view(B, D), width.div_(M)
+    return drawn, width.div_(M)
 
 
 def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Generator] = None,
@@ -195,6 +220,7 @@ def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Ge
         r = num_draws(a.shape[1], frac)
         if method == "exact":
             drawn, p = _exact_drawn(a, r, generator)
+            p = p.to(work)
         else:
             total = a.sum(1, keepdim=True)
             p = a / torch.where(total > 0, total, torch.ones_like(total))
