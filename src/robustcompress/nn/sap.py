@@ -227,7 +227,7 @@ def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Ge
             drawn = _rand("rand", a.shape, generator, a.device, dtype=work) < keep_probability(p, r)
         keep = keep_probability(p, r)
         drawn &= keep > 0
-        mask = torch.where(drawn, keep.reciprocal(), torch.zeros_like(keep))
+        mask = torch.where(drawn, keep.reciprocal_(), 0.0)
         return mask.to(h.dtype).view_as(h)
 
 
