@@ -36,6 +36,20 @@ def init_from_env(device: torch.device | None = None) -> bool:
     return True
 
 
+def agreed(flag: bool) -> bool:
+    """Rank 0's value of ``flag`` on every rank.
+
+    Decisions such as "this unit is already done" must be taken once: a rank that checks the
+    store or a file a moment after rank 0 wrote it would otherwise skip work the others do, and
+    the next collective would deadlock.
+    """
+    if not is_distributed():
+        return flag
+    box = [bool(flag)]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

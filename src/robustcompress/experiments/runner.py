@@ -174,7 +174,7 @@ class Runner:
                     key = stable_hash([parent.key, d.method, params, d.training])
                     step = VariantPlan(label, d.method, params, parent.label, dict(d.training), key)
                     index_path = self._ckpt(key, label).with_suffix(".variants.json")
-                    if index_path.exists():
+                    if dist_util.agreed(index_path.exists()):
                         self.units_skipped += 1
                         entries = json.loads(index_path.read_text())
                         new = [Variant(e["label"], e["key"], load_checkpoint(e["path"], device=self.device),
@@ -197,7 +197,7 @@ class Runner:
         if cfg.model.checkpoint:
             return load_checkpoint(cfg.model.checkpoint, device=self.device)
         path = self._ckpt(self.base_key(), BASE)
-        if path.with_suffix(".json").exists():
+        if dist_util.agreed(path.with_suffix(".json").exists()):
             self.units_skipped += 1
             self.log("[skip] base model already trained")
             return load_checkpoint(path, device=self.device)
@@ -317,7 +317,7 @@ class Runner:
             settings = [ev.n_samples, self.cfg.metrics.model_dump()]
         unit = stable_hash([kind, v.key, spec, settings])
         self.unit_keys.append(unit)
-        if store.is_done(unit):
+        if dist_util.agreed(store.is_done(unit)):
             self.units_skipped += 1
             return
         t0 = time.perf_counter()
