@@ -148,10 +148,16 @@ def test_minimal_attacks_stay_in_box_and_judge_within_budget(seed, lo, norm, eps
     for name, kw in attacks:
         res = run_attack(name, model, x, y, threat, **kw)
         assert res.x_adv.min() >= lo and res.x_adv.max() <= 1.0, name
-        # the library's verdict is the argmax of the (MC-averaged) softmax, as judge() computes it
-        fooled = model(res.x_adv).softmax(1).argmax(1) != y
+        # a deterministic model is judged on its logits' argmax (what a user re-predicting gets;
+        # the softmax can tie where the logits do not), as judge() computes it. DeepFool can stop
+        # exactly on a decision boundary; where the top two logits tie to float precision the
+        # argmax depends on the matmul's batch path, so those points are not compared.
+        logits = model(res.x_adv)
+        top2 = logits.topk(2, dim=1).values
+        decided = (top2[:, 0] - top2[:, 1]) > 1e-5
+        fooled = logits.argmax(1) != y
         fits = res.norm <= eps * (1 + 1e-6) if eps > 0 else torch.ones_like(fooled)
-        assert torch.equal(res.success, fooled & fits), name
+        assert torch.equal(res.success[decided], (fooled & fits)[decided]), name
         again = run_attack(name, model, x, y, threat, **kw)
         assert torch.equal(res.x_adv, again.x_adv), name
 
