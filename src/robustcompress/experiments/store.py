@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 """
 
+METRIC_COLUMNS = ("unit", "variant", "key", "value", "extra")
 RESULT_COLUMNS = ("unit", "variant", "attack", "protocol", "norm", "eps", "eps_label", "run", "n",
                   "clean_acc", "robust_acc", "fooled_any", "mean_norm", "median_norm", "seconds", "extra")
 
@@ -149,28 +150,23 @@ class ResultsStore:
     # -- queries ----------------------------------------------------------------------------
     def results(self, *, variant: Optional[str] = None, attack: Optional[str] = None,
                 protocol: Optional[str] = None, units: Optional[Iterable[str]] = None) -> list[dict]:
-        q = "SELECT * FROM results WHERE 1=1"
+        """Result rows, filtered (``*`` is a wildcard) and restricted to ``units`` if given."""
+        return self._select("results", RESULT_COLUMNS, units,
+                            variant=variant, attack=attack, protocol=protocol)
+
+    def metrics(self, *, variant: Optional[str] = None, units: Optional[Iterable[str]] = None) -> list[dict]:
+        """Per-variant metric rows, filtered like :meth:`results`."""
+        return self._select("metrics", METRIC_COLUMNS, units, variant=variant)
+
+    def _select(self, table: str, columns: tuple[str, ...], units: Optional[Iterable[str]],
+                **filters: Optional[str]) -> list[dict]:
+        q = f"SELECT {', '.join(columns)} FROM {table} WHERE 1=1"
         args: list[Any] = []
-        for col, val in (("variant", variant), ("attack", attack), ("protocol", protocol)):
+        for col, val in filters.items():
             if val is not None:
                 q += f" AND {col} LIKE ?"
                 args.append(val.replace("*", "%"))
-        rows = [dict(zip(RESULT_COLUMNS, r)) for r in self.conn.execute(q + " ORDER BY rowid", args)]
-        if units is not None:
-            keep = set(units)
-            rows = [r for r in rows if r["unit"] in keep]
-        for r in rows:
-            r["extra"] = json.loads(r["extra"] or "{}")
-        return rows
-
-    def metrics(self, *, variant: Optional[str] = None, units: Optional[Iterable[str]] = None) -> list[dict]:
-        q = "SELECT unit, variant, key, value, extra FROM metrics"
-        args: list[Any] = []
-        if variant is not None:
-            q += " WHERE variant LIKE ?"
-            args.append(variant.replace("*", "%"))
-        rows = [dict(zip(("unit", "variant", "key", "value", "extra"), r))
-                for r in self.conn.execute(q + " ORDER BY rowid", args)]
+        rows = [dict(zip(columns, r)) for r in self.conn.execute(q + " ORDER BY rowid", args)]
         if units is not None:
             keep = set(units)
             rows = [r for r in rows if r["unit"] in keep]
