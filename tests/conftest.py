@@ -28,3 +28,23 @@ def data_root() -> Path:
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded digits dataset (one load per test module)."""
+    from robustcompress.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """LeNet-300-100 trained 3 epochs on digits (seed 0), in eval mode; one per test module."""
+    from robustcompress.models import build_model
+    from robustcompress.training import TrainConfig, fit
+
+    torch.manual_seed(0)
+    m = build_model("lenet300", digits.info)
+    fit(m, digits, TrainConfig(epochs=3), progress=False)
+    return m.eval()

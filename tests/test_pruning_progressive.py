@@ -14,17 +14,7 @@ from robustcompress.nn.masks import get_masks
 from robustcompress.training import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    torch.manual_seed(0)
-    m = build_model("lenet300", digits.info)
-    fit(m, digits, TrainConfig(epochs=3), progress=False)
-    return m
+# `digits` and `trained` (LeNet-300-100, 3 epochs on digits) come from tests/conftest.py
 
 
 def test_progressive_schedule_fixed_masks_and_dense_copy(digits, trained, tmp_path):

@@ -18,17 +18,7 @@ from robustcompress.training import (TrainConfig, evaluate_accuracy, fit, load_c
                                      save_checkpoint)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    torch.manual_seed(0)
-    m = build_model("lenet300", digits.info)
-    fit(m, digits, TrainConfig(epochs=3), progress=False)
-    return m.eval()
+# `digits` and `trained` (LeNet-300-100, 3 epochs on digits) come from tests/conftest.py
 
 
 def test_ptq_levels_accuracy_and_declared_non_differentiable(digits, trained):

@@ -13,17 +13,7 @@ from robustcompress.models import build_model
 from robustcompress.training import TrainConfig, fit
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    torch.manual_seed(0)
-    m = build_model("lenet300", digits.info)
-    fit(m, digits, TrainConfig(epochs=3), progress=False)
-    return m.eval()
+# `digits` and `trained` (LeNet-300-100, 3 epochs on digits) come from tests/conftest.py
 
 
 def test_class_tiers_20_50_split():
