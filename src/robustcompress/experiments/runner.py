@@ -285,7 +285,10 @@ class Runner:
         x, y = self.eval_data()
         self.models_by_label = {v.label: v.model for v in variants}
         surrogate = next((v.model for v in variants if v.label == self.cfg.evaluation.transfer_from), None)
-        for v in variants:
+        for i, v in enumerate(variants, 1):
+            self.log(f"[eval] {v.label} ({i}/{len(variants)}): metrics, clean, paper protocol"
+                     + (", adaptive" if self.cfg.evaluation.adaptive else "")
+                     + (", r_2" if self.cfg.evaluation.minimal else ""))
             v.model.eval()
             self._unit(store, "metrics", v, [], lambda w, v=v: self.variant_metrics(w, v, x, y))
             self._unit(store, "clean", v, [], lambda w, v=v: self.clean_eval(w, v, x, y))
