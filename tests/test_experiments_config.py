@@ -90,7 +90,6 @@ def test_unknown_dataset_and_model(tmp_path):
 
 
 def test_duplicate_names(tmp_path):
-    text = GOOD + "  # duplicate\n"
     data = yaml.safe_load(GOOD)
     data["defenses"].append(dict(data["defenses"][0]))
     with pytest.raises(ConfigError, match="duplicate defense name 'sap'"):

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from robustcompress.data import load_dataset
 from robustcompress.defenses import get_defense
 from robustcompress.errors import UserInputError
 from robustcompress.defenses.base import DefenseContext

@@ -6,12 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustcompress.data import load_dataset
 from robustcompress.defenses import get_defense
 from robustcompress.defenses.base import DefenseContext
 from robustcompress.defenses.quantization import float_reference, quantize
 from robustcompress.metrics.spectral import quantization_error_norms
-from robustcompress.models import build_model
 from robustcompress.nn.masks import exported_bytes, magnitude_prune, prunable_layers
 from robustcompress.nn.protocol import model_properties, straight_through
 from robustcompress.training import (TrainConfig, evaluate_accuracy, fit, load_checkpoint,

@@ -2,14 +2,11 @@
 
 import copy
 
-import pytest
 import torch
 
-from robustcompress.data import load_dataset
 from robustcompress.defenses.feedback_learning import (boundary_perturbations, class_tiers,
                                                        feedback_learning,
                                                        generate_boundary_examples)
-from robustcompress.models import build_model
 from robustcompress.training import TrainConfig, fit
 
 
