@@ -387,7 +387,11 @@ def write_report(data: ReportData, out_dir: Path, *, html_report: bool = True) -
              "reproduced (e.g. one random draw per gradient step, single-draw predictions); *adaptive* = "
              "APGD-CE + APGD-DLR with EOT for stochastic models and BPDA for non-differentiable ones, "
              "Square (score-based) and transfer from the undefended model, worst case per sample, "
-             "MC-averaged predictions. Repeated runs are shown as mean±std.")
+             "MC-averaged predictions. Repeated runs are shown as mean±std. For randomized models "
+             "the two protocols judge differently: the paper protocol counts a sample as fooled "
+             "if one random forward misclassifies it, the adaptive one only if the prediction "
+             "averaged over many draws does (the 'fooled in at least one draw' rate is kept too), "
+             "so a paper-protocol number can be lower than the adaptive worst case.")
     tables = _tables(data)
     flags = sorted({f for v in data.variants for f in data.flags(v)})
     md = [f"# robustcompress report: {data.title}", "", intro, ""]
