@@ -65,12 +65,10 @@ def sparsity_rows(model) -> Iterator[Row]:
 def calibration_rows(model, x, y, mc_samples, generator, device) -> Iterator[Row]:
     from robustcompress.attacks import mc_predict
     from robustcompress.metrics.calibration import reliability
-    from robustcompress.nn import is_stochastic
 
-    mc = mc_samples if is_stochastic(model) else 1
-    with torch.no_grad():
-        probs = torch.cat([mc_predict(model, x[i:i + 256].to(device), mc_samples=mc, generator=generator).cpu()
-                           for i in range(0, len(y), 256)])
+    # mc_predict draws once for deterministic models and mc_samples times for stochastic ones
+    probs = torch.cat([mc_predict(model, x[i:i + 256].to(device), mc_samples=mc_samples, generator=generator).cpu()
+                       for i in range(0, len(y), 256)])
     rel = reliability(probs, y)
     filled = rel.count > 0  # empty bins have no accuracy to plot
     yield "ece", float(rel.ece), {"confidence": rel.confidence[filled].tolist(),

@@ -334,11 +334,6 @@ class Runner:
         self._timed(f"eval {kind}", t0)
 
     # -- one unit each ---------------------------------------------------------------------
-    def _mc(self, v: Variant, default: int) -> int:
-        from robustcompress.nn import is_stochastic
-
-        return default if is_stochastic(v.model) else 1
-
     def _per_batch(self, unit_seed: list, x: torch.Tensor, y: torch.Tensor, fn) -> list:
         """Apply ``fn(xb, yb, generator, batch_index)`` batch by batch, each batch with its own
         generator, spread over the processes (see :mod:`.distributed`), gathered in order."""
@@ -351,27 +346,23 @@ class Runner:
             outs.append((b, fn(xb, yb, g, b)))
         return dist_util.gather_ordered(outs)
 
-    def _predict_draws(self, model, x, draws: int, g) -> torch.Tensor:
-        """Per-draw predictions [draws, B] and the MC-averaged prediction [B]."""
-        from robustcompress.nn import use_generator
-
-        with torch.no_grad(), use_generator(model, g):
-            probs = torch.stack([torch.softmax(model(x), dim=1) for _ in range(draws)])
-        return probs.argmax(-1), probs.mean(0).argmax(-1), probs.mean(0)
-
     def clean_eval(self, w, v: Variant, x, y) -> None:
-        mc = self._mc(v, self.cfg.evaluation.mc_samples)
-        parts = self._per_batch(["clean", v.key], x, y, lambda xb, yb, g, b: self._clean_batch(v, xb, yb, g, mc))
+        """Clean accuracy judged like every verdict of the library (MC-averaged for stochastic
+        models, ``mc_samples`` draws), plus the accuracy of a single draw."""
+        parts = self._per_batch(["clean", v.key], x, y, lambda xb, yb, g, b: self._clean_batch(v, xb, yb, g))
         correct = torch.cat([p[0] for p in parts])
         single = torch.cat([p[1] for p in parts])
         w.add_result(ResultRow(v.label, "none", "clean", "none", 0.0, "0", 0, len(correct),
                                clean_acc=correct.float().mean().item(),
                                robust_acc=correct.float().mean().item(),
-                               extra={"mc_samples": mc, "single_draw_acc": single.float().mean().item()}))
+                               extra={"mc_samples": parts[0][2] if parts else 1,
+                                      "single_draw_acc": single.float().mean().item()}))
 
-    def _clean_batch(self, v, xb, yb, g, mc):
-        per_draw, avg, _ = self._predict_draws(v.model, xb, mc, g)
-        return (avg == yb).cpu(), (per_draw[0] == yb).cpu()
+    def _clean_batch(self, v, xb, yb, g):
+        from robustcompress.attacks.base import draw_logits, prediction
+
+        logits = draw_logits(v.model, xb, mc_samples=self.cfg.evaluation.mc_samples, generator=g)
+        return (prediction(logits) == yb).cpu(), (logits[0].argmax(1) == yb).cpu(), logits.shape[0]
 
     def paper_attack(self, w, v: Variant, x, y, item, threat, eps_label: str, run: int) -> None:
         """One attack of the paper protocol: ``eot`` gradient draws (default 1), ``mc`` draws for the
