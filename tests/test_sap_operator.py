@@ -7,8 +7,20 @@ import pytest
 import torch
 from scipy import stats
 
+import robustcompress.nn.sap as sap_module
 from robustcompress.errors import UserInputError
 from robustcompress.nn.sap import SAP, keep_probability, num_draws, sap, sap_mask
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def backend(request, monkeypatch):
+    """Run a test with the compiled CPU kernel (default on CPU) and with the vectorised torch
+    cell table (the CUDA path, and the CPU fallback without numba)."""
+    if request.param == "torch":
+        monkeypatch.setattr(sap_module, "_compiled_kernel", lambda: None)
+    elif sap_module._compiled_kernel() is None:
+        pytest.skip("numba is not installed: no compiled SAP kernel")
+    return request.param
 
 
 def _draws(h, n, gen, method="exact", frac=1.0):
@@ -33,7 +45,7 @@ def _row():
 
 
 @pytest.mark.parametrize("method", ["exact", "bernoulli"])
-def test_keep_frequencies_match_one_minus_one_minus_p_to_the_r(method, gen):
+def test_keep_frequencies_match_one_minus_one_minus_p_to_the_r(backend, method, gen):
     h = _row()
     n = 40000
     kept = (_draws(h, n, gen, method) != 0).double().mean(0)
@@ -45,7 +57,7 @@ def test_keep_frequencies_match_one_minus_one_minus_p_to_the_r(method, gen):
 
 @pytest.mark.parametrize("method", ["exact", "bernoulli"])
 @pytest.mark.parametrize("frac", [1.0, 0.3])
-def test_sap_output_is_unbiased(method, frac, gen):
+def test_sap_output_is_unbiased(backend, method, frac, gen):
     h = _row() * torch.where(torch.arange(40) % 3 == 0, -1.0, 1.0)  # signs: |h| is used
     n = 40000
     out = _draws(h, n, gen, method, frac).double()
@@ -77,7 +89,7 @@ def _pattern_counts(drawn):
     return counts
 
 
-def test_exact_sampler_joint_law_matches_inclusion_exclusion_and_multinomial(gen):
+def test_exact_sampler_joint_law_matches_inclusion_exclusion_and_multinomial(backend, gen):
     # Joint law of the kept set (not only marginals): chi-square against the exact probabilities,
     # and a two-sample test against torch.multinomial; the Bernoulli approximation must fail it.
     h = torch.tensor([3.0, 1.0, 0.5, 0.25, 0.1])
@@ -100,7 +112,7 @@ def test_exact_sampler_joint_law_matches_inclusion_exclusion_and_multinomial(gen
     assert stats.chi2_contingency(table)[1] > 1e-3
 
 
-def test_exact_sampler_large_row_with_zero_runs(gen):
+def test_exact_sampler_large_row_with_zero_runs(backend, gen):
     # a feature-map-like row: long runs of zeros, a few large entries, many tiny ones
     g = torch.Generator().manual_seed(1)
     h = torch.relu(torch.randn(8, 3000, generator=g) - 1.0)
@@ -115,7 +127,7 @@ def test_exact_sampler_large_row_with_zero_runs(gen):
     assert (((kept - keep) / se).abs() < 6).all()
 
 
-def test_mask_is_constant_in_backward():
+def test_mask_is_constant_in_backward(backend):
     h = torch.randn(4, 3, 5, 5).relu().requires_grad_(True)
     w = torch.randn(4, 3, 5, 5)
     mask = sap_mask(h, generator=torch.Generator().manual_seed(7))
@@ -125,9 +137,11 @@ def test_mask_is_constant_in_backward():
     assert torch.equal(grad, w * mask)  # no gradient through p or the rescale
 
 
-def test_torch_func_grad_composes_and_vmap_support_is_as_documented():
+def test_torch_func_grad_composes_and_vmap_support_is_as_documented(monkeypatch):
     h = torch.rand(2, 10)
     grad = torch.func.grad(lambda t: sap(t, generator=torch.Generator().manual_seed(1)).sum())(h)
+    # under torch.func the exact sampler takes the torch path (the kernel needs real storage)
+    monkeypatch.setattr(sap_module, "_compiled_kernel", lambda: None)
     assert torch.equal(grad, sap_mask(h, generator=torch.Generator().manual_seed(1)))
     rows = torch.rand(10).expand(64, 10)
     different = torch.func.vmap(lambda t: sap(t[None], method="bernoulli"), randomness="different")(rows)
@@ -137,7 +151,7 @@ def test_torch_func_grad_composes_and_vmap_support_is_as_documented():
         torch.func.vmap(lambda t: sap(t[None]), randomness="different")(h)
 
 
-def test_all_zero_rows_and_tiny_probabilities_are_safe(gen):
+def test_all_zero_rows_and_tiny_probabilities_are_safe(backend, gen):
     h = torch.zeros(3, 50)
     h[1, 0] = 1e30
     h[1, 1:] = 1e-30
@@ -154,7 +168,7 @@ def test_all_zero_rows_and_tiny_probabilities_are_safe(gen):
     assert torch.allclose(kp[:2], 1000 * p[:2], rtol=1e-6) and kp[2] == 0 and kp[3] == 1
 
 
-def test_batch_rows_are_independent_draws_with_the_same_law(gen):
+def test_batch_rows_are_independent_draws_with_the_same_law(backend, gen):
     # Vectorised over the batch: identical rows get independent masks with the per-row law of a
     # single-sample call (a loop over samples).
     h = _row()
@@ -167,7 +181,7 @@ def test_batch_rows_are_independent_draws_with_the_same_law(gen):
     assert corr.abs().max() < 0.15
 
 
-def test_generator_reproducible_and_global_rng_untouched():
+def test_generator_reproducible_and_global_rng_untouched(backend):
     h = torch.rand(5, 2, 6, 6)
     state = torch.get_rng_state()
     a = sap(h, generator=torch.Generator().manual_seed(11))
@@ -196,7 +210,7 @@ def test_bad_arguments_raise_user_errors():
     assert num_draws(10, 0.01) == 1 and num_draws(100, 1.0) == 100
 
 
-def test_exact_sampler_boundaries_on_cell_edges_give_the_occupancy_law(gen):
+def test_exact_sampler_boundaries_on_cell_edges_give_the_occupancy_law(backend, gen):
     # Equal entries put every CDF boundary exactly on a cell edge of the cell table (and with
     # frac=2, two draws per entry, several cells hold boundaries): the number of distinct kept
     # entries must follow the classical occupancy law of r draws among D equally likely cells.
@@ -215,3 +229,32 @@ def test_exact_sampler_boundaries_on_cell_edges_give_the_occupancy_law(gen):
         use = expected > 5
         chi2 = float(((observed[use] - expected[use]) ** 2 / expected[use]).sum())
         assert stats.chi2.sf(chi2, int(use.sum()) - 1) > 1e-3, (d, frac, observed, expected)
+
+
+def test_compiled_keep_probability_matches_torch_float64():
+    kernel = pytest.importorskip("robustcompress.nn._sap_cpu")
+    ps = torch.cat([torch.logspace(-12, 0, 600, dtype=torch.float64),
+                    torch.linspace(0.9, 1.1, 101, dtype=torch.float64) * 2.0 ** -10])
+    for r in (1, 2, 7, 100, 5000, 10 ** 7):
+        ref = keep_probability(ps, r)
+        got = torch.tensor([kernel.keep_probability(float(p), r) for p in ps], dtype=torch.float64)
+        assert ((got - ref).abs() / ref).max() < 1e-12, r
+
+
+def test_compiled_sampler_ignores_thread_count_and_handles_float64():
+    if sap_module._compiled_kernel() is None:
+        pytest.skip("numba is not installed: no compiled SAP kernel")
+    h = torch.relu(torch.randn(4 * sap_module.MIN_ROW_CHUNK, 3, 7, 7, generator=torch.Generator().manual_seed(0)))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sap_mask(h, generator=torch.Generator().manual_seed(5))
+        torch.set_num_threads(2)
+        two = sap_mask(h, generator=torch.Generator().manual_seed(5))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    m64 = sap_mask(h.double(), generator=torch.Generator().manual_seed(5))
+    assert m64.dtype == torch.float64
+    assert torch.equal(m64 != 0, one != 0)  # same seeds, same draws: float64 only refines 1/keep
+    assert torch.allclose(m64.float(), one, rtol=1e-5)

@@ -17,10 +17,26 @@ A fresh, independent draw is made for every sample on every call.
 
 Exact sampler (``method="exact"``, the default)
 -----------------------------------------------
-``torch.multinomial(p, r, replacement=True)`` is exact but slow on CPU, and inverse-CDF sampling
-with ``torch.searchsorted`` is no faster (a binary search per draw, about 30 ns each here). We use
-inverse-CDF sampling with a *cell table* instead (the "guide table" method of Chen & Asau, 1974,
-vectorised over the whole batch):
+``torch.multinomial(p, r, replacement=True)`` is exact but slow on CPU (10-20x a LeNet-5 forward),
+and inverse-CDF sampling with ``torch.searchsorted`` is no faster. Two exact implementations of
+inverse-CDF sampling with a guide table ("guide table" / cell method of Chen & Asau, 1974) are
+used instead; both give the same law, with different random streams:
+
+*On CPU* (when numba is installed, a declared dependency): a compiled kernel
+(:mod:`robustcompress.nn._sap_cpu`) handles one row at a time in cache: it compacts the positive
+entries, builds their float64 CDF scaled to ``[0, M)`` with ``M = 4 * #positive`` cells and a
+guide table (first bin per cell, from a histogram, without data-dependent branches), then makes
+the ``r`` draws, each a 53-bit uniform ``x``, one table lookup and a forward step while
+``c_j <= x`` (one step without a branch, further steps only when a cell holds several
+boundaries). The random numbers come from a SplitMix64 stream per row whose seed is drawn from
+the caller's ``torch.Generator``, so the evaluator's generator still fixes every draw. The
+inverse keep probabilities are computed in the kernel for the drawn entries only (short series
+where ``p`` and ``r p`` are small, else ``log1p``/``exp``; relative error below ``2**-43``).
+Rows are split over ``torch.get_num_threads()`` threads when the batch is large; the result does
+not depend on the thread count.
+
+*Elsewhere* (CUDA tensors, or CPU without numba): the vectorised torch cell table below,
+batched over all rows:
 
 * scale each row's CDF, accumulated in float64, to ``[0, M]`` with ``M = CELLS_PER_ENTRY * D``
   unit cells (``c_j``: upper boundary of bin ``j``; ``c_{D-1} = M`` closes the row exactly);
@@ -34,28 +50,25 @@ vectorised over the whole batch):
   boundaries. Comparisons are made as ``c_j - k <= u``, exact for ``c_j`` in ``(k, k + 1]``, so
   the draw ``k + u`` is never rounded into a neighbouring bin.
 
-This is inverse-CDF sampling, hence exact: each draw selects bin ``j`` with probability equal to
-the width of bin ``j`` in the computed CDF (up to the ``2**-53`` grid of the float64 offset).
-Zero activations get zero-width bins and are never drawn. The keep probability and the rescale
-are computed from *those same widths* (rounded to the working precision, float32 for
-float32/half inputs, a relative error below ``2**-24``), so ``E[sap(h)] = h`` holds for the
-realised distribution to float32 precision, not only up to the rounding of the CDF. The CDF is
-float64, so each bin's probability is ``|h_j| / sum |h|`` to about ``2**-53 * D`` relative to the
-row mass (``torch.multinomial`` works in float32). An entry whose share is below that
-resolution may get a zero-width bin, is then never kept, and the output loses that (negligible)
-mass.
+Both are inverse-CDF sampling, hence exact: each draw selects bin ``j`` with probability equal to
+the width of bin ``j`` in the computed CDF (up to the ``2**-53`` grid of the float64 draw).
+Zero activations get no (or zero-width) bins and are never drawn. The keep probability and the
+rescale are computed from *those same widths*, so ``E[sap(h)] = h`` holds for the realised
+distribution to working precision, not only up to the rounding of the CDF. The CDF is float64,
+so each bin's probability is ``|h_j| / sum |h|`` to about ``2**-53 * D`` relative to the row mass
+(``torch.multinomial`` works in float32). An entry whose share is below that resolution may get
+a zero-width bin, is then never kept, and the output loses that (negligible) mass.
 
-Speed (bench/sap_overhead.py, LeNet-5, MNIST-shaped batch 256, one thread, forward, 2026-11-22):
-5.7x to 8.5x the plain forward over four runs on a shared machine, vs 7.2x to 11.6x for the
-previous cell-table version in the same runs (1.3x to 1.4x faster) and 2.2x to 3.1x for Bernoulli
-(bench/RESULTS.md). The issue's 3x goal is not met by an exact sampler here: SAP-100
-makes one draw per activation and a vectorised draw costs several passes of random memory
-access (``randint``, a table gather, a scatter of the drawn flags, plus the table build), while
-LeNet-5 spends only a few hundred MACs per activation. Measured and rejected: sorted uniforms
-from exponential spacings merged with the CDF by one ``searchsorted`` of the ``D`` boundaries
-(the search alone costs about as much as the whole cell-table sampler); Poissonisation (exact
-with a top-up of ``r - N`` draws; ``torch.poisson`` or inversion per entry is slower); 2 to 4
-cells per entry and an int64 table (2 cells, int32, fastest).
+Speed (``bench/sap_overhead.py``, figures in bench/RESULTS.md): the compiled CPU kernel brings an
+exact SAP-100 LeNet-5 forward (MNIST-shaped batch 256, one thread) to about 2x the plain forward
+(the vectorised torch cell table: 5.7x to 8.5x; ``torch.multinomial``: 11x to 19x); the
+labelled Bernoulli option costs about the same as the kernel on CPU. The torch cell table costs
+several passes of random memory access per draw (``randint``, a table gather, a scatter of the
+drawn flags, plus the table build), which is why the CPU path is compiled. Measured and
+rejected for the torch path: sorted uniforms from exponential spacings merged with the CDF by
+one ``searchsorted`` of the ``D`` boundaries; Poissonisation (exact with a top-up of ``r - N``
+draws; ``torch.poisson`` or inversion per entry is slower); 2 to 4 cells per entry and an int64
+table (2 cells, int32, fastest).
 
 ``method="bernoulli"`` is a labelled approximation, never the default: every entry is kept
 independently with probability ``1 - (1 - p_j)^r`` (the correct marginals and unbiased, but it
@@ -69,17 +82,22 @@ we always draw at least once.
 ``torch.func``: :func:`sap` composes with ``torch.func.grad``/``vjp`` (the mask is computed from
 ``h.detach()``). ``method="bernoulli"`` also runs under ``torch.func.vmap`` (``randomness=
 "different"`` gives independent draws per vmapped sample, ``"same"`` one shared draw). The exact
-sampler does not run under ``vmap``: it uses in-place ``scatter_add_`` into a per-row table and
-compacts the draws that need a comparison or a binary search (``nonzero``, a data-dependent
-shape), which vmap cannot batch. It needs no vmap: every row of the first dimension already gets
-an independent draw (``granularity="sample"``), so EOT stacks copies of the batch instead.
+samplers do not run under ``vmap``: the compiled kernel needs real (non-batched) tensors, and the
+torch cell table uses in-place ``scatter_add_`` into a per-row table and compacts the draws that
+need a comparison or a binary search (``nonzero``, a data-dependent shape), which vmap cannot
+batch. Under ``vmap`` the exact sampler raises a ``RuntimeError`` that says so. It needs no vmap:
+every row of the first dimension already gets an independent draw (``granularity="sample"``),
+so EOT stacks copies of the batch instead.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,10 +127,13 @@ def keep_probability(p: torch.Tensor, r: int) -> torch.Tensor:
 
 def _rand(kind: str, shape, generator: Optional[torch.Generator], device, dtype=None,
           high: int = 0) -> torch.Tensor:
-    """Uniforms (``kind="rand"``) or integers in ``[0, high)`` drawn on the generator's device."""
+    """Uniforms (``kind="rand"``), integers in ``[0, high)`` (``"int"``) or uniform 64-bit
+    integers (``"int64"``) drawn on the generator's device."""
     gdev = generator.device if generator is not None else device
     if kind == "rand":
         out = torch.rand(shape, generator=generator, device=gdev, dtype=dtype)
+    elif kind == "int64":
+        out = torch.randint(-2 ** 63, 2 ** 63 - 1, shape, generator=generator, device=gdev)
     else:
         out = torch.randint(high, shape, generator=generator, device=gdev)
     return out.to(device)
@@ -197,6 +218,52 @@ def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
     return drawn, width.div_(M)
 
 
+@functools.lru_cache(maxsize=1)
+def _compiled_kernel():
+    """The numba kernel :func:`robustcompress.nn._sap_cpu.sap_rows`, or ``None`` without numba."""
+    try:
+        from robustcompress.nn._sap_cpu import sap_rows
+    except ImportError:  # numba missing: the vectorised torch sampler is used
+        return None
+    return sap_rows
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="robustcompress-sap")
+
+
+MIN_ROW_CHUNK = 16  # rows per thread below which splitting the batch does not pay
+
+
+def _kernel_inverse_keep(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
+                         ) -> Optional[torch.Tensor]:
+    """``1/keep`` where drawn, else 0, for CPU rows ``a`` (B, D) by the compiled kernel; ``None``
+    where it cannot run (numba missing, or ``a`` is a torch.func wrapper without storage)."""
+    kernel = _compiled_kernel()
+    if kernel is None or a.device.type != "cpu":
+        return None
+    try:
+        arr = a.numpy()
+    except RuntimeError:  # torch.func.grad / vmap wrappers have no storage
+        return None
+    B = a.shape[0]
+    # one 64-bit stream seed per row, drawn from the caller's generator
+    seeds = _rand("int64", (B,), generator, a.device).numpy().view(np.uint64)
+    out = torch.empty_like(a)
+    res = out.numpy()
+    workers = min(torch.get_num_threads(), B // MIN_ROW_CHUNK)
+    if workers <= 1:
+        kernel(arr, r, seeds, res)
+        return out
+    bounds = np.linspace(0, B, workers + 1).astype(int)
+    jobs = [_pool(workers).submit(kernel, arr[lo:hi], r, seeds[lo:hi], res[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+    for job in jobs:
+        job.result()
+    return out
+
+
 def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Generator] = None,
              method: str = "exact") -> torch.Tensor:
     """The SAP multiplier for ``h`` (shape of ``h``; no gradient): ``1/keep_j`` where entry ``j``
@@ -219,6 +286,9 @@ def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Ge
         a = h.detach().reshape(B, -1).abs().to(work)
         r = num_draws(a.shape[1], frac)
         if method == "exact":
+            inverse_keep = _kernel_inverse_keep(a, r, generator)
+            if inverse_keep is not None:
+                return inverse_keep.to(h.dtype).view_as(h)
             drawn, p = _exact_drawn(a, r, generator)
             p = p.to(work)
         else:
