@@ -68,7 +68,7 @@ def run(
     Re-running the same command skips every finished unit (trained models, defense variants,
     evaluations), so an interrupted run loses at most the unit in progress.
 
-    Example: robustcompress run configs/quickstart.yaml
+    Example: robustcompress run configs/demo.yaml
     """
     from robustcompress.experiments import find_config, load_config, run_experiment
 

@@ -3,7 +3,7 @@
 Python API::
 
     from robustcompress.experiments import load_config, run_experiment
-    summary = run_experiment("configs/quickstart.yaml")
+    summary = run_experiment("configs/demo.yaml")
 """
 
 from robustcompress.experiments.api import demo_config_path, find_config, run_experiment  # noqa: F401

@@ -20,7 +20,7 @@ def list_configs() -> dict[str, Path]:
 
 
 def find_config(name_or_path: str | Path) -> Path:
-    """A path as given, or the name of a shipped config (``quickstart``, ``sap-cpu``, ...)."""
+    """A path as given, or the name of a shipped config (``demo``, ``sap-mnist-lenet5-cpu``, ...)."""
     p = Path(name_or_path)
     if p.exists():
         return p

@@ -1,6 +1,6 @@
 """Experiment configuration: a validated YAML schema, grid expansion and error locations.
 
-One YAML file describes the whole pipeline (see ``configs/quickstart.yaml``)::
+One YAML file describes the whole pipeline (see ``configs/demo.yaml``)::
 
     name: quickstart
     seed: 0
