@@ -134,3 +134,11 @@ def test_shipped_configs_are_valid():
 def test_transfer_surrogate_must_be_a_variant(tmp_path):
     text = GOOD.replace("    - attack: fgsm", "    - attack: transfer\n      surrogate: nothere")
     check_error(tmp_path, text, "evaluation.paper[0].surrogate", "'nothere'", "independent")
+
+
+def test_transfer_without_any_surrogate_and_bad_transfer_from_are_reported(tmp_path):
+    text = GOOD.replace("    - attack: fgsm", "    - attack: transfer").replace(
+        "evaluation:\n", "evaluation:\n  transfer_from: null\n")
+    check_error(tmp_path, text, "evaluation.paper[0]", "needs a surrogate", "transfer_from")
+    text = GOOD.replace("evaluation:\n", "evaluation:\n  transfer_from: nothere\n")
+    check_error(tmp_path, text, "evaluation.transfer_from", "'nothere'", "null")

@@ -173,3 +173,17 @@ def test_store_unit_is_atomic(tmp_path):
         with s.unit("u1", "paper", "v") as w:  # re-running a unit replaces, never duplicates
             w.add_result(ResultRow("v", "fgsm", "paper", "linf", 0.1, "0.1", 0, 10, robust_acc=0.5))
         assert s.is_done("u1") and len(s.results()) == 1
+
+
+def test_paper_transfer_item_defaults_to_transfer_from_and_crafts_the_named_attack(tmp_path):
+    # transfer from the base model to itself with FGSM is white-box FGSM: same robust accuracy
+    ev = {**CONFIG["evaluation"], "runs": 1, "n_samples": 30,
+          "paper": [{"attack": "fgsm"}, {"attack": "transfer", "craft": "fgsm"}]}
+    cfg = write_config(tmp_path, tmp_path / "T", defenses=[{"name": "dwp", "method": "dwp",
+                                                           "params": {"keep": 0.5}}],
+                       evaluation=ev, metrics={"calibration": False, "compression": False})
+    run_experiment(load_config(cfg), progress=False)
+    by = {(v, a, e): acc for v, a, p, n, e, run, _, acc, _, _ in rows(tmp_path / "T") if p == "paper"}
+    for eps in ("0.1", "0.3"):
+        assert by[("base", "transfer", eps)] == by[("base", "fgsm", eps)]
+        assert ("dwp", "transfer", eps) in by

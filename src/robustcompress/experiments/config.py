@@ -306,12 +306,21 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
 
         attacks = list_attacks()
         names = {"base"} | {d.name for d in cfg.defenses}
+        src = cfg.evaluation.transfer_from
+        if src is not None and src.split("[")[0] not in names:
+            problems.append(f"{where(('evaluation', 'transfer_from'))}: evaluation.transfer_from: {src!r} is "
+                            f"not 'base' or a defense name ({', '.join(sorted(names))}); use null for no "
+                            "transfer attacks")
         for i, a in enumerate(cfg.evaluation.paper):
             sur = a.attack_params().get("surrogate")
             if sur is not None and (not isinstance(sur, str) or sur.split("[")[0] not in names):
                 problems.append(f"{where(('evaluation', 'paper', i, 'surrogate'))}: evaluation.paper[{i}].surrogate: "
                                 f"{sur!r} is not 'base' or a defense name ({', '.join(sorted(names))}); "
                                 "add e.g. {name: other, method: independent} for a separately trained model")
+            if a.attack == "transfer" and sur is None and cfg.evaluation.transfer_from is None:
+                problems.append(f"{where(('evaluation', 'paper', i))}: evaluation.paper[{i}]: the transfer "
+                                "attack needs a surrogate; set `surrogate: VARIANT` on it or "
+                                "evaluation.transfer_from")
             if a.attack not in attacks:
                 problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
                                 f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")

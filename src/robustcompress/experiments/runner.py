@@ -371,14 +371,8 @@ class Runner:
 
         eot, mc = item.eot or 1, item.mc or 1
         params = item.attack_params()
-        if isinstance(params.get("surrogate"), str):  # transfer: name of another variant
-            name = params["surrogate"]
-            if name not in self.models_by_label:
-                from robustcompress.errors import ConfigError
-
-                raise ConfigError(f"transfer surrogate {name!r} is not a variant of this run; choose one of "
-                                  f"{', '.join(self.models_by_label)}")
-            params = {**params, "surrogate": self.models_by_label[name]}
+        if item.attack == "transfer":
+            params = self._transfer_params(params)
         t0 = time.perf_counter()
 
         def one(xb, yb, g, b):
@@ -394,6 +388,26 @@ class Runner:
                                mean_norm=norms.mean().item(), median_norm=norms.median().item(),
                                seconds=time.perf_counter() - t0,
                                extra={"eot": eot, "mc": mc, "params": item.attack_params()}))
+
+    def _transfer_params(self, params: dict) -> dict:
+        """Keyword parameters of a paper-protocol ``transfer`` item: ``surrogate`` names a variant
+        (default: ``evaluation.transfer_from``), ``craft`` / ``craft_params`` name the attack run
+        on it and its parameters (the transfer attack's ``attack`` / ``attack_params``, renamed
+        because ``attack`` already names the item's attack)."""
+        from robustcompress.errors import ConfigError
+
+        params = dict(params)
+        name = params.pop("surrogate", self.cfg.evaluation.transfer_from)
+        if name is None:
+            raise ConfigError("the transfer attack needs a surrogate: set evaluation.transfer_from "
+                              "or `surrogate: VARIANT` on the attack item")
+        if name not in self.models_by_label:
+            raise ConfigError(f"transfer surrogate {name!r} is not a variant of this run; choose one of "
+                              f"{', '.join(self.models_by_label)}")
+        for ours, theirs in (("craft", "attack"), ("craft_params", "attack_params")):
+            if ours in params:
+                params[theirs] = params.pop(ours)
+        return {**params, "surrogate": self.models_by_label[name]}
 
     def adaptive(self, w, v: Variant, x, y, threat, eps_label: str, surrogate) -> None:
         from robustcompress.attacks import evaluate_robustness
