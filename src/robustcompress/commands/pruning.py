@@ -66,7 +66,9 @@ def prune_cmd(
     scope: str = typer.Option("uniform", help="uniform (same fraction per layer) | global (one threshold)."),
     keep_first_last: bool = typer.Option(False, help="Leave the first and last layers dense."),
     l1_activation: float = typer.Option(0.0, help="Weight of the l1 activation penalty during retraining."),
-    lr: float = typer.Option(1e-3, help="Retraining learning rate (Adam)."),
+    optimizer: str = typer.Option("adam", help="Retraining optimizer: adam | sgd (momentum 0.9; the paper's Caffe recipe is sgd, lr 0.01, weight decay 5e-4)."),
+    lr: float = typer.Option(1e-3, help="Retraining learning rate."),
+    weight_decay: float = typer.Option(0.0, min=0.0, help="Retraining weight decay (L2 on the remaining weights)."),
     batch_size: int = typer.Option(128, min=1, help="Retraining batch size."),
     eps: float = typer.Option(0.1, help="L-inf eps of FGS/rFGS for r_inf, input units (paper: 0.1 on MNIST)."),
     eval_limit: int = typer.Option(500, min=1, help="Test points used for the robustness metrics."),
@@ -98,6 +100,8 @@ def prune_cmd(
 
     if scope not in ("uniform", "global"):
         raise UserInputError(f"--scope must be uniform or global, not {scope!r}")
+    if optimizer not in ("adam", "sgd"):
+        raise UserInputError(f"--optimizer must be adam or sgd, not {optimizer!r}")
     if not 0 < rho < 1:
         raise UserInputError(f"--rho must be in (0, 1), got {rho}; the paper uses 0.333")
     model, data, dev = load_for_checkpoint(checkpoint, data_dir, train_limit, None, device)
@@ -127,7 +131,7 @@ def prune_cmd(
                       f"(fooled {100 * row['deepfool_success']:.0f}%)")
 
     record(0, 0.0, model)
-    config = TrainConfig(lr=lr, batch_size=batch_size, seed=seed)
+    config = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
     progressive_prune(model, data, rho, rounds, retrain_epochs, scope=scope,
                       keep_first_last=keep_first_last, train_config=config,
                       objective=L1Activation(l1_activation) if l1_activation > 0 else None,
