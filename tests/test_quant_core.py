@@ -151,3 +151,8 @@ def test_round_surrogate_switch_exact_gives_zero_weight_grad(gen):
     w = torch.randn(4, generator=gen, requires_grad=True)
     (round_(w * 3, "exact")).sum().backward()
     assert torch.all(w.grad == 0)
+
+
+def test_conv_operator_norm_of_a_zero_error_is_zero_not_nan():
+    # a layer the quantiser leaves unchanged has dW = 0; its norm is 0 (was 0/0 = nan)
+    assert conv_operator_norm(torch.zeros(4, 3, 3, 3), (3, 8, 8), padding=1) == 0.0

@@ -60,6 +60,8 @@ def conv_operator_norm(w: torch.Tensor, input_shape: Sequence[int], *, stride=1,
     op = tuple(int(input_shape[1 + i]) - ((y.shape[2 + i] - 1) * st[i] - 2 * pd[i]
                                           + dl[i] * (ks[i] - 1) + 1) for i in range(dim))
     sigma = 0.0
+    if not bool(w.any()):  # zero operator (e.g. an unquantised layer's error): norm 0, not 0/0
+        return 0.0
     for _ in range(iters):
         x = x / x.norm()
         y = conv(x, w, **kw)
