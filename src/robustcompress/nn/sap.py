@@ -60,8 +60,9 @@ so each bin's probability is ``|h_j| / sum |h|`` to about ``2**-53 * D`` relativ
 a zero-width bin, is then never kept, and the output loses that (negligible) mass.
 
 Speed (``bench/sap_overhead.py``, figures in bench/RESULTS.md): the compiled CPU kernel brings an
-exact SAP-100 LeNet-5 forward (MNIST-shaped batch 256, one thread) to about 2x the plain forward
-(the vectorised torch cell table: 5.7x to 8.5x; ``torch.multinomial``: 11x to 19x); the
+exact SAP-100 LeNet-5 forward (MNIST-shaped batch 256, one thread) to 2.1x-2.6x the plain
+forward (the vectorised torch cell table: 5.7x to 8.5x; ``torch.multinomial``: 11x to 19x), and
+the EOT-100 input gradient of a SAP ResNet-20 on 512 CIFAR inputs to ~3 s per draw; the
 labelled Bernoulli option costs about the same as the kernel on CPU. The torch cell table costs
 several passes of random memory access per draw (``randint``, a table gather, a scatter of the
 drawn flags, plus the table build), which is why the CPU path is compiled. Measured and
