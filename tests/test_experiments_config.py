@@ -142,3 +142,18 @@ def test_transfer_without_any_surrogate_and_bad_transfer_from_are_reported(tmp_p
     check_error(tmp_path, text, "evaluation.paper[0]", "needs a surrogate", "transfer_from")
     text = GOOD.replace("evaluation:\n", "evaluation:\n  transfer_from: nothere\n")
     check_error(tmp_path, text, "evaluation.transfer_from", "'nothere'", "null")
+
+
+def test_adaptive_and_main_eps_match_threat_eps_however_written(tmp_path):
+    from robustcompress.experiments.config import eps_label, eps_matches
+
+    assert eps_label(2, 255) == "2/255" and eps_label(2.0, 255) == "2.0/255"
+    for wanted in ("2/255", 2, 2 / 255, "0.00784314"):
+        assert eps_matches(wanted, "2.0/255"), wanted
+    assert eps_matches(0.1, "0.1") and eps_matches("8/255", "8/255")
+    assert not eps_matches("4/255", "2.0/255") and not eps_matches(0.3, "0.1")
+    assert not eps_matches("nonsense", "0.1")
+    # an adaptive_eps that names no threat eps used to skip the adaptive evaluation silently
+    text = GOOD.replace("evaluation:\n", "evaluation:\n  adaptive_eps: ['4/255']\n")
+    check_error(tmp_path, text, "evaluation.adaptive_eps", "'4/255'", "0.1, 8/255")
+    load_config(write(tmp_path, GOOD.replace("evaluation:\n", "evaluation:\n  adaptive_eps: [0.1, 0.0313725]\n")))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -258,6 +259,35 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return cfg
 
 
+def eps_label(eps: EpsValue, eps_scale: Optional[float]) -> str:
+    """How a threat's eps is labelled in results and reports: as written, or ``eps/scale``."""
+    return str(eps) if eps_scale is None else f"{eps}/{eps_scale:g}"
+
+
+def _eps_number(text: str) -> float:
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def eps_matches(wanted: EpsValue, label: str) -> bool:
+    """Whether an eps written in ``adaptive_eps`` / ``main_eps`` names the threat eps ``label``:
+    the same value ("2/255" or 0.00784 match "2.0/255"; 0.1 matches "0.1") or, for a threat on a
+    0..scale scale, the value on that scale (2 matches "2.0/255")."""
+    try:
+        w = _eps_number(str(wanted).strip())
+        if math.isclose(w, _eps_number(label), rel_tol=1e-4, abs_tol=1e-12):
+            return True
+        return "/" in label and math.isclose(w, float(label.split("/", 1)[0]), rel_tol=1e-9)
+    except ValueError:
+        return False
+
+
+def threat_eps_labels(cfg: "ExperimentConfig") -> list[str]:
+    return [eps_label(e, t.eps_scale) for t in cfg.evaluation.threats for e in t.eps]
+
+
 def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
     """Names that must exist in the registries (datasets, models, defenses, attacks, train keys)."""
     from robustcompress.defenses import list_defenses
@@ -306,6 +336,15 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
 
         attacks = list_attacks()
         names = {"base"} | {d.name for d in cfg.defenses}
+        labels = threat_eps_labels(cfg)
+        for key, values in (("adaptive_eps", cfg.evaluation.adaptive_eps or []),
+                            ("main_eps", [] if cfg.report.main_eps is None else [cfg.report.main_eps])):
+            section = "report" if key == "main_eps" else "evaluation"
+            for e in values:
+                if not any(eps_matches(e, lab) for lab in labels):
+                    problems.append(f"{where((section, key))}: {section}.{key}: {e!r} is not one of the "
+                                    f"threats' eps ({', '.join(labels) or 'none'}); write one of those "
+                                    "(e.g. '8/255' for 8 on a 0-255 scale)")
         src = cfg.evaluation.transfer_from
         if src is not None and src.split("[")[0] not in names:
             problems.append(f"{where(('evaluation', 'transfer_from'))}: evaluation.transfer_from: {src!r} is "

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from robustcompress.experiments.config import eps_matches  # noqa: E402
 from robustcompress.experiments.runner import mean_std  # noqa: E402
 
 FLAG_HELP = {
@@ -92,9 +93,11 @@ def gather(store, cfg, variants: list[str], unit_keys: Optional[list[str]] = Non
     data = ReportData(title=cfg.name, variants=variants, results=results, metrics=dict(metrics),
                       paper_reference=[p.model_dump(mode="json") for p in cfg.paper_reference],
                       main_eps=None if main is None else str(main))
+    labels = data.eps_labels()
     if data.main_eps is None:
-        labels = data.eps_labels()
         data.main_eps = labels[len(labels) // 2] if labels else None
+    else:  # "8/255" written for a 0-255 threat labelled "8.0/255"
+        data.main_eps = next((lab for lab in labels if eps_matches(data.main_eps, lab)), data.main_eps)
     return data
 
 

@@ -32,10 +32,12 @@ from torch import nn
 from robustcompress.experiments import distributed as dist_util
 from robustcompress.experiments.config import (
     ExperimentConfig,
+    eps_matches,
     expand_grid,
     stable_hash,
     variant_label,
 )
+from robustcompress.experiments.config import eps_label as format_eps_label
 from robustcompress.experiments.store import ResultRow, ResultsStore
 
 BASE = "base"
@@ -277,7 +279,7 @@ class Runner:
         for t in self.cfg.evaluation.threats:
             for eps in t.eps:
                 tm = ThreatModel.from_spec(norm=t.norm, eps=eps, info=self.dataset.info, eps_scale=t.eps_scale)
-                label = str(eps) if t.eps_scale is None else f"{eps}/{t.eps_scale:g}"
+                label = format_eps_label(eps, t.eps_scale)
                 out.append((tm, label))
         return out
 
@@ -308,9 +310,9 @@ class Runner:
                 self._unit(store, "minimal", v, [attack],
                            lambda w, v=v, a=attack: self.minimal(w, v, x, y, a))
 
-    def _adaptive_eps(self, eps_label: str) -> bool:
+    def _adaptive_eps(self, label: str) -> bool:
         wanted = self.cfg.evaluation.adaptive_eps
-        return wanted is None or eps_label in {str(e) for e in wanted}
+        return wanted is None or any(eps_matches(e, label) for e in wanted)
 
     def _unit(self, store: ResultsStore, kind: str, v: Variant, spec: list, fn) -> None:
         ev = self.cfg.evaluation
