@@ -161,3 +161,21 @@ def test_cifar_jpeg_full_counts_and_mean(data_root):
     lim = load_dataset("cifar10", data_root, train_limit=200, test_limit=100)
     for c in range(10):  # a limited load is the first k per class of the full load
         assert torch.equal(lim.train.x[lim.train.y == c], ds.train.x[ds.train.y == c][:20])
+
+
+def test_split_sample_is_class_stratified_where_subset_is_not():
+    # FSDD / CIFAR-10 folders are stored sorted by class: the first n test points can be a single
+    # class, so every evaluation on "n points" uses Split.sample
+    import torch
+
+    from robustcompress.data.info import Split
+
+    y = torch.arange(10).repeat_interleave(30)  # sorted by class, 30 each
+    x = torch.arange(300, dtype=torch.float32).view(300, 1)
+    split = Split(x, y)
+    assert split.subset(60).y.unique().tolist() == [0, 1]
+    s = split.sample(60)
+    assert torch.bincount(s.y, minlength=10).tolist() == [6] * 10
+    assert torch.equal(s.x.view(-1).long(), torch.sort(s.x.view(-1).long()).values)  # stored order
+    assert torch.equal(s.y, y[s.x.view(-1).long()])  # inputs and labels stay paired
+    assert split.sample(None) is split and split.sample(500) is split

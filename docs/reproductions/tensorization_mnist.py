@@ -99,7 +99,8 @@ def main() -> None:
     base = build_model(args.model, data.info)
     fit(base, data, TrainConfig(epochs=args.epochs, seed=args.seed), progress=False)
     t1 = tensorize(base, rank=1.0, theta=1.0, binary=args.binary)  # first and last layers dense (our default)
-    x, y = data.test.x[:args.n], data.test.y[:args.n]
+    part = data.test.sample(args.n)  # stratified: FSDD and CIFAR are stored sorted by class
+    x, y = part.x, part.y
     rows = []
     for theta in args.thetas:
         torch.manual_seed(args.seed)

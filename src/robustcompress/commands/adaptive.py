@@ -84,7 +84,7 @@ def evaluate_adaptive_cmd(
             f"data found has shape {tuple(data.info.shape)}; point --data-dir at its dataset")
     model = load_checkpoint(checkpoint, device=dev)
     sur = load_checkpoint(surrogate, device=dev) if surrogate else None
-    part = getattr(data, split).subset(limit or None)
+    part = getattr(data, split).sample(limit or None)
     run_adaptive(model, part, info, device=dev, seed=seed, norm=norm, eps=eps, eps_scale=eps_scale,
                  surrogate=sur, json_path=json_out, eot_samples=eot, mc_samples=mc, bpda=bpda,
                  n_restarts=restarts, apgd_steps=apgd_steps, square_queries=square_queries,

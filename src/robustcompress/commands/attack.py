@@ -133,7 +133,7 @@ def _load_model_and_data(checkpoint: str, data_dir: Optional[str], n: int, dev, 
             f"the checkpoint's model takes {ck_info.name} inputs of shape {tuple(ck_info.shape)} with "
             f"{ck_info.num_classes} classes, but the data found has shape {tuple(data.info.shape)}; "
             "point --data-dir at the dataset it was trained on")
-    split = data.test.subset(n)
+    split = data.test.sample(n)
     model = load_checkpoint(checkpoint, device=dev)
     return model, data.info, split.x.to(dev), split.y.to(dev).long()
 

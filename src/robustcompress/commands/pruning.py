@@ -107,7 +107,8 @@ def prune_cmd(
     model, data, dev = load_for_checkpoint(checkpoint, data_dir, train_limit, None, device)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    x, y = data.test.x[:eval_limit].to(dev), data.test.y[:eval_limit].to(dev)
+    part = data.test.sample(eval_limit)
+    x, y = part.x.to(dev), part.y.to(dev)
     curve_path = outdir / "curve.json"
     done = {r["round"]: r for r in json.loads(curve_path.read_text())} if curve_path.is_file() else {}
     console = Console()

@@ -62,7 +62,7 @@ def quantize_cmd(
         q = fit(q, data, TrainConfig(epochs=qat_epochs, seed=seed), device=dev,
                 progress=progress).model
     q.eval()
-    test = data.test.subset(eval_limit)
+    test = data.test.sample(eval_limit)
     acc_f, acc_q = evaluate_accuracy(ref, test, device=dev), evaluate_accuracy(q, test, device=dev)
     rows = quantization_error_norms(q, ref, data.info.shape,
                                     generator=torch.Generator().manual_seed(seed))

@@ -76,7 +76,8 @@ def sap_cmd(
     except Exception as e:  # pydantic validation
         raise UserInputError(f"invalid parameters for {baseline}: {e}".splitlines()[0]) from None
     defended = spec.apply(model, params, None)[""].to(dev).eval()
-    x, y = data.test.x[:n].to(dev), data.test.y[:n].to(dev)
+    part = data.test.sample(n)
+    x, y = part.x.to(dev), part.y.to(dev)
     console = Console()
     rows = []
     for label, m in (("base", model), (baseline, defended)):

@@ -193,7 +193,7 @@ def evaluate_cmd(
             f"{info.num_classes} classes, but the data found has shape {tuple(data.info.shape)} and "
             f"{data.info.num_classes} classes; point --data-dir at the dataset it was trained on")
     model = load_checkpoint(checkpoint, device=dev)
-    part = getattr(data, split).subset(limit)
+    part = getattr(data, split).sample(limit)
     gen = torch.Generator(device=dev).manual_seed(seed)
     cm = confusion_matrix(model, part, info.num_classes, batch_size, dev, mc_samples, gen)
     s = confusion_summary(cm, info.class_names, top=top)

@@ -78,9 +78,24 @@ class Split:
         return int(self.y.shape[0])
 
     def subset(self, n: Optional[int] = None, *, start: int = 0) -> "Split":
-        """The first ``n`` samples after ``start`` (all if ``n`` is None); no copy."""
+        """The first ``n`` samples after ``start`` (all if ``n`` is None); no copy.
+
+        For *evaluating* on ``n`` points use :meth:`sample`: several datasets are stored sorted by
+        class (the CIFAR-10 image folders, FSDD, Speech Commands), so their first ``n`` samples
+        can be a single class."""
         end = len(self) if n is None else min(len(self), start + n)
         return Split(self.x[start:end], self.y[start:end])
+
+    def sample(self, n: Optional[int] = None) -> "Split":
+        """A deterministic class-stratified subset of ``n`` samples in stored order (all if ``n``
+        is None or ``>= len``): what every evaluation on "``n`` test points" uses.
+        See :func:`robustcompress.data.splits.stratified_first`."""
+        if n is None or n >= len(self):
+            return self
+        from robustcompress.data.splits import stratified_first
+
+        idx = torch.from_numpy(stratified_first(self.y.cpu().numpy(), n)).to(self.y.device)
+        return Split(self.x.index_select(0, idx.to(self.x.device)), self.y.index_select(0, idx))
 
 
 @dataclass

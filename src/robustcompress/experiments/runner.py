@@ -41,6 +41,9 @@ from robustcompress.experiments.config import eps_label as format_eps_label
 from robustcompress.experiments.store import ResultRow, ResultsStore
 
 BASE = "base"
+# How the evaluation points are chosen; part of every evaluation unit's key. "first-n" (before
+# 2026-11-22) took the first n test points, a single class on class-sorted datasets.
+EVAL_POINTS = "stratified"
 
 
 @dataclass
@@ -268,8 +271,11 @@ class Runner:
 
     # ------------------------------------------------------------------ evaluation
     def eval_data(self):
+        """The ``n_samples`` evaluation points: a class-stratified subset of the test split (see
+        :meth:`robustcompress.data.info.Split.sample`; ``EVAL_POINTS`` names that choice in every
+        unit key, so results measured on other points are never reused)."""
         n = min(self.cfg.evaluation.n_samples, len(self.dataset.test))
-        split = self.dataset.test.subset(n)
+        split = self.dataset.test.sample(n)
         return split.x, split.y
 
     def threats(self):
@@ -317,9 +323,10 @@ class Runner:
     def _unit(self, store: ResultsStore, kind: str, v: Variant, spec: list, fn) -> None:
         ev = self.cfg.evaluation
         settings = [ev.n_samples, ev.batch_size, ev.eot_samples, ev.mc_samples, ev.apgd_steps,
-                    ev.square_queries, ev.checks, ev.check_samples, ev.check_steps, self.cfg.seed]
+                    ev.square_queries, ev.checks, ev.check_samples, ev.check_steps, self.cfg.seed,
+                    EVAL_POINTS]
         if kind == "metrics":
-            settings = [ev.n_samples, self.cfg.metrics.model_dump()]
+            settings = [ev.n_samples, self.cfg.metrics.model_dump(), EVAL_POINTS]
         unit = stable_hash([kind, v.key, spec, settings])
         self.unit_keys.append(unit)
         if dist_util.agreed(store.is_done(unit)):
