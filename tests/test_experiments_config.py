@@ -157,3 +157,19 @@ def test_adaptive_and_main_eps_match_threat_eps_however_written(tmp_path):
     text = GOOD.replace("evaluation:\n", "evaluation:\n  adaptive_eps: ['4/255']\n")
     check_error(tmp_path, text, "evaluation.adaptive_eps", "'4/255'", "0.1, 8/255")
     load_config(write(tmp_path, GOOD.replace("evaluation:\n", "evaluation:\n  adaptive_eps: [0.1, 0.0313725]\n")))
+
+
+def test_paper_comparison_shows_percent_and_finds_scaled_eps():
+    # config eps 1 on a 0-255 threat is labelled "1.0/255" in the results; paper values are
+    # fractions (0.663) shown in percent like ours
+    from robustcompress.attacks.checks import EXPLANATIONS
+    from robustcompress.experiments.report import FLAG_HELP, ReportData, paper_comparison
+
+    row = {"variant": "base", "attack": "fgsm", "protocol": "paper", "eps_label": "1.0/255",
+           "eps": 1 / 255, "robust_acc": 0.5, "clean_acc": None, "extra": {}}
+    data = ReportData(title="t", variants=["base"], results=[row], metrics={},
+                      paper_reference=[{"variant": "base", "attack": "fgsm", "eps": 1, "value": 0.663,
+                                        "source": "Sec. 4"}])
+    _, rows = paper_comparison(data)
+    assert rows == [["base", "fgsm", "1", "66.3", "50.0", "Sec. 4"]]
+    assert FLAG_HELP is EXPLANATIONS and "blackbox_stronger" in FLAG_HELP

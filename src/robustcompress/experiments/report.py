@@ -22,16 +22,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from robustcompress.attacks.checks import EXPLANATIONS  # noqa: E402
 from robustcompress.experiments.config import eps_matches  # noqa: E402
 from robustcompress.experiments.runner import mean_std  # noqa: E402
 
-FLAG_HELP = {
-    "iterative_weaker_than_single_step": "an iterative attack did worse than FGSM: gradients are unreliable",
-    "blackbox_stronger_than_whitebox": "a gradient-free or transfer attack beat white-box attacks",
-    "large_eps_not_zero": "accuracy does not reach ~0 at a very large eps",
-    "zero_gradients": "many samples have zero or NaN input gradients",
-    "eot_or_steps_sensitive": "more EOT samples or more steps lowered accuracy a lot",
-}
+# what each gradient-masking flag means: the checks' own explanations (one source of truth)
+FLAG_HELP = EXPLANATIONS
 
 
 @dataclass
@@ -351,7 +347,7 @@ def _tables(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
 def paper_comparison(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """The config's ``paper_reference`` values next to our number for the same cell."""
     h = ["variant", "attack", "eps", "paper value %", "ours %", "source"]
-    rs = [[p["variant"], p["attack"], str(p.get("eps")), f"{p['value']:.1f}", _ours(data, p), p.get("source", "")]
+    rs = [[p["variant"], p["attack"], str(p.get("eps")), _pct(p["value"]), _ours(data, p), p.get("source", "")]
           for p in data.paper_reference]
     return h, rs
 
@@ -359,8 +355,10 @@ def paper_comparison(data: ReportData) -> tuple[list[str], list[list[str]]]:
 def _ours(data: ReportData, p: dict) -> str:
     if p["attack"] in ("clean", "none"):
         return _pct(data.clean(p["variant"]))
+    # the row's eps as the run labels it ("1" in the config names the threat eps "1.0/255")
+    label = next((lab for lab in data.eps_labels() if eps_matches(p.get("eps"), lab)), str(p.get("eps")))
     for protocol in ("paper", "adaptive"):
-        m, s, n = data.robust(p["variant"], p["attack"], protocol, str(p.get("eps")))
+        m, s, n = data.robust(p["variant"], p["attack"], protocol, label)
         if n:
             return _pct(m, s, n)
     return "–"
