@@ -44,7 +44,7 @@ def evaluate_adaptive_cmd(
     eps: str = typer.Option(..., help="Budget in input units (0.3, 8/255) or on --eps-scale."),
     eps_scale: Optional[float] = typer.Option(None, help="Give --eps on this scale, e.g. 255."),
     split: str = typer.Option("test", help="test | train."),
-    limit: Optional[int] = typer.Option(1000, help="Evaluate only the first N samples (0 = all)."),
+    limit: Optional[int] = typer.Option(1000, help="Evaluate on N samples, a class-stratified subset (0 = all)."),
     eot: Optional[int] = typer.Option(None, help="EOT draws per gradient for stochastic models (default 20)."),
     mc: Optional[int] = typer.Option(None, help="Draws per verdict for stochastic models (default 100)."),
     bpda: str = typer.Option("identity", help="Surrogate backward for non-differentiable layers: "

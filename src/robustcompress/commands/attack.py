@@ -51,7 +51,7 @@ def attack_cmd(
     surrogate: Optional[str] = typer.Option(None, help="Surrogate checkpoint for --attack transfer."),
     eot: Optional[int] = typer.Option(None, "--eot", min=1, help="EOT draws per gradient (stochastic models; default 20 there)."),
     mc: Optional[int] = typer.Option(None, "--mc", min=1, help="Draws averaged for the verdict (stochastic models; default 20)."),
-    n: int = typer.Option(1000, "--n", min=1, help="Attack the first N test samples (class-stratified subset)."),
+    n: int = typer.Option(1000, "--n", min=1, help="Attack N test samples (a class-stratified subset)."),
     batch_size: int = typer.Option(256, min=1, help="Inputs per attack batch."),
     seed: int = typer.Option(0, help="Seed of every random choice (random starts, model noise)."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
@@ -112,7 +112,7 @@ def attack_cmd(
 
 
 def _load_model_and_data(checkpoint: str, data_dir: Optional[str], n: int, dev, info=None):
-    """The checkpoint's model on ``dev`` and the first ``n`` test samples of its dataset."""
+    """The checkpoint's model on ``dev`` and ``n`` class-stratified test samples of its dataset."""
     from robustcompress.data import load_dataset
     from robustcompress.data.info import DatasetInfo
     from robustcompress.training import load_checkpoint

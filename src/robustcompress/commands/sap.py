@@ -34,7 +34,7 @@ def sap_cmd(
                                                   "(0-255 scale, comma-separated), base vs defended."),
     eot: int = typer.Option(100, min=1, help="MC samples per FGSM gradient (paper: 100)."),
     mc: int = typer.Option(100, min=1, help="MC samples per prediction (paper: 100)."),
-    n: int = typer.Option(500, min=1, help="Evaluate on the first N test samples."),
+    n: int = typer.Option(500, min=1, help="Evaluate on N test samples (a class-stratified subset)."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, "
                                                       "./data, ../shared/data)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
