@@ -258,3 +258,22 @@ def test_compiled_sampler_ignores_thread_count_and_handles_float64():
     assert m64.dtype == torch.float64
     assert torch.equal(m64 != 0, one != 0)  # same seeds, same draws: float64 only refines 1/keep
     assert torch.allclose(m64.float(), one, rtol=1e-5)
+
+
+def test_unusable_compiled_kernel_falls_back_to_the_torch_sampler_with_a_warning(monkeypatch):
+    kernel = pytest.importorskip("robustcompress.nn._sap_cpu")
+
+    def broken(*args):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setattr(kernel, "sap_rows", broken)
+    sap_module._compiled_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="torch sampler"):
+            assert sap_module._compiled_kernel() is None
+        out = sap(torch.rand(3, 20), generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(out).all()
+    finally:
+        monkeypatch.undo()
+        sap_module._compiled_kernel.cache_clear()
+    assert sap_module._compiled_kernel() is not None

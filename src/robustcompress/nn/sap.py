@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -225,6 +226,12 @@ def _compiled_kernel():
     try:
         from robustcompress.nn._sap_cpu import sap_rows
     except ImportError:  # numba missing: the vectorised torch sampler is used
+        return None
+    try:  # compile (or load from numba's cache) now, so that a failure falls back here
+        sap_rows(np.ones((1, 2), np.float32), 2, np.zeros(1, np.uint64), np.empty((1, 2), np.float32))
+    except Exception as err:  # e.g. numba cannot compile or cache on this machine
+        warnings.warn(f"the compiled SAP sampler is unavailable ({err}); using the torch sampler "
+                      "(same law, slower on CPU)", RuntimeWarning, stacklevel=2)
         return None
     return sap_rows
 
