@@ -1,15 +1,16 @@
 """Compiled CPU kernel of the exact SAP sampler (see :mod:`robustcompress.nn.sap`).
 
-One pass per row (sample), all in cache: the row's CDF in float64, a guide table (Chen & Asau,
-1974) with one cell per entry, then ``r`` inverse-CDF draws, each a 53-bit uniform ``x`` in
-``[0, D)``, one table lookup ``j = guide[floor(x)]`` and a short forward scan while
-``c_j <= x``. Bin ``j`` is selected iff ``c_{j-1} <= x < c_j``: that is inverse-CDF sampling with
-replacement, hence exact up to the 53-bit grid of ``x`` (``torch.multinomial`` works in float32).
+One pass per row (sample), all in cache: the positive entries compacted, their CDF in float64
+scaled to ``[0, M)`` with ``M = CELLS * #positive``, a guide table (Chen & Asau, 1974) with
+``CELLS`` cells per positive entry, then ``r`` inverse-CDF draws, each a 53-bit uniform ``x`` in
+``[0, M)``, one table lookup ``j = guide[floor(x)]`` and a forward step while ``c_j <= x``. Bin
+``j`` is selected iff ``c_{j-1} <= x < c_j``: that is inverse-CDF sampling with replacement,
+hence exact up to the 53-bit grid of ``x`` (``torch.multinomial`` works in float32).
 
 Random numbers: SplitMix64 (Steele, Lea & Flood, 2014), one stream per row whose 64-bit seed is
 drawn from the caller's ``torch.Generator``, so the generator the evaluator controls still fixes
-every draw. The caller computes the keep probability ``1 - (1 - p_j)^r`` and the rescale from
-the realised bin widths this kernel returns, like the vectorised sampler.
+every draw. The kernel writes the SAP multiplier itself: ``1 / (1 - (1 - p_j)^r)`` for every
+drawn entry, with ``p_j`` the realised bin width (like the vectorised sampler), 0 elsewhere.
 
 Imported lazily by :mod:`robustcompress.nn.sap`; if numba is missing the vectorised torch
 sampler is used instead.
@@ -49,10 +50,10 @@ def keep_probability(p, r):  # pragma: no cover - compiled; tested against torch
 @njit(cache=True, nogil=True)
 def sap_rows(a, r, seeds, out):  # pragma: no cover - compiled; tested through nn.sap
     """For every row of ``a`` (``B x D``, non-negative), make ``r`` draws with replacement from
-    ``p = a_row / sum(a_row)`` and write into ``out`` the realised probability ``p_j`` (the bin
-    width of the float64 CDF) of every entry drawn at least once, and 0 elsewhere. All-zero rows
-    give all-zero outputs. The keep probability and the rescale are left to the (vectorised)
-    caller: a scalar ``log1p``/``expm1`` per entry here would cost more than all the draws."""
+    ``p = a_row / sum(a_row)`` and write into ``out`` the SAP multiplier: ``1 / keep_j`` with
+    ``keep_j = 1 - (1 - p_j)^r`` (``p_j`` the bin width of the float64 CDF) for every entry drawn
+    at least once, 0 elsewhere. All-zero rows give all-zero outputs. ``1 / keep`` is computed
+    only for the drawn entries, by :func:`keep_probability`'s short series."""
     B, D = a.shape
     nz = np.empty(D, np.int64)
     c = np.empty(D, np.float64)
