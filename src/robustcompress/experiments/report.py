@@ -63,6 +63,11 @@ class ReportData:
                 seen.setdefault(r["eps_label"], r["eps"])
         return [k for k, _ in sorted(seen.items(), key=lambda kv: kv[1])]
 
+    def label_of(self, eps) -> str:
+        """The run's label for an eps written in the config ("8/255" or 8 name the threat eps
+        labelled "8.0/255"); ``str(eps)`` when no threat matches."""
+        return next((lab for lab in self.eps_labels() if eps_matches(eps, lab)), str(eps))
+
     def attacks(self, protocol: str) -> list[str]:
         out: list[str] = []
         for r in self.results:
@@ -89,11 +94,11 @@ def gather(store, cfg, variants: list[str], unit_keys: Optional[list[str]] = Non
     data = ReportData(title=cfg.name, variants=variants, results=results, metrics=dict(metrics),
                       paper_reference=[p.model_dump(mode="json") for p in cfg.paper_reference],
                       main_eps=None if main is None else str(main))
-    labels = data.eps_labels()
     if data.main_eps is None:
+        labels = data.eps_labels()
         data.main_eps = labels[len(labels) // 2] if labels else None
-    else:  # "8/255" written for a 0-255 threat labelled "8.0/255"
-        data.main_eps = next((lab for lab in labels if eps_matches(data.main_eps, lab)), data.main_eps)
+    else:
+        data.main_eps = data.label_of(data.main_eps)
     return data
 
 
@@ -355,8 +360,7 @@ def paper_comparison(data: ReportData) -> tuple[list[str], list[list[str]]]:
 def _ours(data: ReportData, p: dict) -> str:
     if p["attack"] in ("clean", "none"):
         return _pct(data.clean(p["variant"]))
-    # the row's eps as the run labels it ("1" in the config names the threat eps "1.0/255")
-    label = next((lab for lab in data.eps_labels() if eps_matches(p.get("eps"), lab)), str(p.get("eps")))
+    label = data.label_of(p.get("eps"))
     for protocol in ("paper", "adaptive"):
         m, s, n = data.robust(p["variant"], p["attack"], protocol, label)
         if n:
