@@ -118,3 +118,38 @@ def test_defense_spec_fine_tunes_a_copy_and_records_recipe(digits):
     rec = out.robustcompress_defenses[-1]
     assert rec["name"] == "adversarial_training" and rec["params"]["attack"] == "rfgsm"
     assert spec.structure(model, spec.Params()) is model
+
+
+def test_fraction_milestones_and_the_anp_vs_code_recipe():
+    from robustcompress.defenses.adversarial_training import recipe_overrides
+    from robustcompress.training import fraction_milestones, lr_factor
+
+    assert fraction_milestones(200, (0.5, 0.7)) == [100, 140]
+    assert fraction_milestones(4, (0.5, 0.7)) == [2]  # int(2.8) = 2: one step, not two at epoch 2
+    assert fraction_milestones(1, (0.5, 0.7)) == []   # no epoch strictly inside a 1-epoch run
+    assert recipe_overrides(10) == {}
+    rec = recipe_overrides(10, (0.5, 0.7), 1e-4)
+    assert rec == {"weight_decay": 1e-4, "schedule": "multistep", "milestones": [5, 7], "gamma": 0.1}
+    cfg = TrainConfig(epochs=10, **rec)
+    assert [lr_factor(cfg, e) for e in (0, 4, 5, 6, 7, 9)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_defense_passes_lr_steps_and_weight_decay_to_the_run_and_rejects_bad_fractions(digits):
+    from pydantic import ValidationError
+
+    from robustcompress.defenses import DefenseContext, get_defense
+
+    spec = get_defense("adversarial_training")
+    with pytest.raises(ValidationError, match="fractions of training"):
+        spec.Params(lr_steps=[0.5, 1.5])
+    seen = {}
+
+    def fake_fit(net, objective=None, **overrides):
+        seen.update(overrides, mix=objective.mix)
+        return net
+
+    ctx = DefenseContext(dataset=digits, device=torch.device("cpu"), progress=False, fit=fake_fit)
+    model = build_model("lenet300", digits.info, hidden=(16,))
+    spec.apply(model, spec.Params(epochs=10, mix=1 / 3, lr_steps=[0.5, 0.7], weight_decay=1e-4), ctx)
+    assert seen == {"epochs": 10, "weight_decay": 1e-4, "schedule": "multistep", "milestones": [5, 7],
+                    "gamma": 0.1, "mix": pytest.approx(1 / 3)}

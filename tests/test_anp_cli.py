@@ -31,9 +31,18 @@ def test_anp_and_advtrain_commands(tmp_path, capsys):
     assert small.fc1.out_features == kept <= total
     assert (tmp_path / "v.png").stat().st_size > 0
     rc = main(["advtrain", "--checkpoint", str(tmp_path / "base"), "--attack", "fgsm", "--eps", "0.1",
-               "--epochs", "1", "--eval-steps", "5", "--eval-limit", "60", "--device", "cpu",
-               "--out", str(tmp_path / "at")])
+               "--epochs", "2", "--lr-step", "0.5", "--weight-decay", "1e-4", "--eval-steps", "5",
+               "--eval-limit", "60", "--device", "cpu", "--out", str(tmp_path / "at")])
     assert rc == 0
     at = load_checkpoint(tmp_path / "at")
-    assert at.robustcompress_defenses[-1]["name"] == "adversarial_training"
+    rec = at.robustcompress_defenses[-1]
+    assert rec["name"] == "adversarial_training"
+    assert rec["params"]["lr_steps"] == [0.5] and rec["params"]["weight_decay"] == 1e-4
     assert "after fgsm-AT" in capsys.readouterr().out
+
+
+def test_advtrain_rejects_lr_steps_outside_the_run_before_loading_anything(tmp_path, capsys):
+    rc = main(["advtrain", "--checkpoint", str(tmp_path / "missing"), "--lr-step", "70",
+               "--out", str(tmp_path / "at")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "lr_steps" in err and "fractions of training" in err

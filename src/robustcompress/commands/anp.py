@@ -137,6 +137,9 @@ def advtrain_cmd(
     random_steps: bool = typer.Option(False, help="Sample the PGD steps in 1..steps per batch."),
     random_eps: bool = typer.Option(False, help="Sample eps uniformly in [0, eps] per batch."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    lr_step: list[float] = typer.Option([], "--lr-step", help="Multiply the lr by 0.1 at this fraction "
+                                        "of training; repeat it (ANP_VS code: --lr-step 0.5 --lr-step 0.7)."),
+    weight_decay: float = typer.Option(0.0, min=0.0, help="L2 weight decay (ANP_VS code: 1e-4)."),
     batch_size: int = typer.Option(128, min=1, help="Batch size."),
     eval_steps: int = typer.Option(40, min=1, help="PGD steps of the evaluation."),
     eval_limit: int = typer.Option(500, min=1, help="Test points for the evaluation."),
@@ -151,15 +154,28 @@ def advtrain_cmd(
 
     Example: robustcompress advtrain --checkpoint runs/lenet5/model --attack pgd --eps 0.3
     --steps 40 --step-size 0.01 --epochs 5 --out runs/lenet5-pgdat
+
+    The AT baseline of the ANP-VS paper's code: --attack pgd --eps 0.3 --steps 20 --step-size 0.01
+    --mix 0.3333 --weight-decay 1e-4 --lr-step 0.5 --lr-step 0.7 --batch-size 64.
     """
     import torch
+    from pydantic import ValidationError
     from rich.console import Console
 
     from robustcompress.attacks import ThreatModel
     from robustcompress.defenses import get_defense
-    from robustcompress.defenses.adversarial_training import adversarial_training
+    from robustcompress.defenses.adversarial_training import adversarial_training, recipe_overrides
+    from robustcompress.errors import UserInputError
     from robustcompress.training import TrainConfig, save_checkpoint
 
+    try:
+        params = get_defense("adversarial_training").Params(
+            attack=attack, eps=eps, eps_scale=eps_scale, steps=steps, step_size=step_size, mix=mix,
+            random_steps=random_steps, random_eps=random_eps, epochs=epochs, lr_steps=lr_step,
+            weight_decay=weight_decay)
+    except ValidationError as e:
+        raise UserInputError("advtrain: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
     console = Console()
     model, data, dev = _load(checkpoint, data_dir, train_limit, device)
     threat = ThreatModel.from_spec("linf", eps, data.info, eps_scale=eps_scale)
@@ -169,16 +185,14 @@ def advtrain_cmd(
     c0, r0 = _accuracies(model, x, y, ev)
     net = adversarial_training(
         model, data, attack=attack, eps=eps, eps_scale=eps_scale,
-        config=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
+        config=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                           **recipe_overrides(epochs, lr_step, weight_decay)),
         generator=torch.Generator().manual_seed(seed), progress=progress, steps=steps,
         step_size=step_size, mix=mix, random_steps=random_steps, random_eps=random_eps)
     c1, r1 = _accuracies(net, x, y, ev)
     console.print(f"{threat.describe()}, PGD-{eval_steps} on {len(y)} test points")
     console.print(f"before: clean {c0:.4f}  PGD {r0:.4f}")
     console.print(f"after {attack}-AT: clean {c1:.4f}  PGD {r1:.4f}")
-    params = get_defense("adversarial_training").Params(
-        attack=attack, eps=eps, eps_scale=eps_scale, steps=steps, step_size=step_size, mix=mix,
-        random_steps=random_steps, random_eps=random_eps, epochs=epochs)
     net.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
         {"name": "adversarial_training", "params": params.model_dump(mode="json")}]
     save_checkpoint(net, out, {"metrics": {"clean": c1, "pgd": r1, "before": {"clean": c0, "pgd": r0}},

@@ -9,6 +9,11 @@ input units; normalisation lives inside the model).
 Deviation from the papers' recipes: by default the defense *fine-tunes* the model it is given (the
 pipeline's standard-trained base) for ``epochs`` epochs instead of training from scratch for the
 full schedule; ``from_scratch=True`` re-initialises the weights first (needs a zoo model).
+
+The AT baseline of the ANP-VS code (Madaan et al. 2020, ``run.py`` in mode ``base`` with
+``adv_train``) is ``mix=1/3`` (``(CE(x) + 2 CE(x_adv)) / 3``), Adam 1e-3 with L2 1e-4
+(``weight_decay``) and the lr x0.1 at 50% and 70% of training (``lr_steps=[0.5, 0.7]``), i.e. the
+ANP-VS weight optimiser without masks, KL and VS term.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import copy
 from typing import Literal, Optional, Union
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
@@ -40,6 +46,19 @@ def make_objective(threat, attack: str = "pgd", *, steps: int = 10, step_size: O
         mix=DEFAULT_MIX.get(attack, 0.0) if mix is None else mix, random_steps=random_steps,
         random_eps=random_eps, min_eps_fraction=min_eps_fraction, attack_mode=attack_mode,
         generator=generator)
+
+
+def recipe_overrides(epochs: int, lr_steps=(), weight_decay: Optional[float] = None) -> dict:
+    """TrainConfig fields for an AT recipe: learning rate x0.1 at each fraction of training in
+    ``lr_steps`` (e.g. (0.5, 0.7), the ANP_VS code's LeNet schedule) and an L2 ``weight_decay``
+    (None leaves the run's setting). Empty when neither is given."""
+    from robustcompress.training import fraction_milestones
+
+    out = {} if weight_decay is None else {"weight_decay": weight_decay}
+    ms = fraction_milestones(epochs, lr_steps)
+    if ms:
+        out.update(schedule="multistep", milestones=ms, gamma=0.1)
+    return out
 
 
 def _reinit(model: nn.Module, seed: int) -> nn.Module:
@@ -102,22 +121,34 @@ class AdversarialTrainingDefense(DefenseSpec):
         attack_mode: Literal["eval", "train"] = "eval"
         epochs: int = 5
         from_scratch: bool = False
+        #: fractions of training at which the lr is multiplied by 0.1 (ANP_VS code: [0.5, 0.7])
+        lr_steps: list[float] = []
+        #: L2 weight decay of this stage (None: the run's training setting; ANP_VS code: 1e-4)
+        weight_decay: Optional[float] = Field(None, ge=0)
+
+        @field_validator("lr_steps")
+        @classmethod
+        def _fractions(cls, v: list[float]) -> list[float]:
+            if any(not 0.0 < f < 1.0 for f in v):
+                raise ValueError(f"lr_steps are fractions of training in (0, 1), e.g. [0.5, 0.7]; got {v}")
+            return v
 
     def apply(self, model: nn.Module, params, ctx: DefenseContext) -> dict[str, nn.Module]:
         start = _reinit(model, ctx.seed) if params.from_scratch else model
         if params.from_scratch:
             start.robustcompress_spec = model.robustcompress_spec
         gen = torch.Generator().manual_seed(ctx.seed)
+        recipe = recipe_overrides(params.epochs, params.lr_steps, params.weight_decay)
         fit_fn = None
         if ctx.fit is not None:
             def fit_fn(net, obj):
-                return ctx.fit(net, objective=obj, epochs=params.epochs)
+                return ctx.fit(net, objective=obj, epochs=params.epochs, **recipe)
         from robustcompress.training import TrainConfig
 
         net = adversarial_training(
             start, ctx.dataset, attack=params.attack, eps=params.eps, norm=params.norm,
             eps_scale=params.eps_scale, epochs=params.epochs,
-            config=TrainConfig(epochs=params.epochs, seed=ctx.seed), fit_fn=fit_fn, generator=gen,
+            config=TrainConfig(epochs=params.epochs, seed=ctx.seed, **recipe), fit_fn=fit_fn, generator=gen,
             progress=ctx.progress, steps=params.steps, step_size=params.step_size, mix=params.mix,
             random_steps=params.random_steps, random_eps=params.random_eps,
             min_eps_fraction=params.min_eps_fraction, attack_mode=params.attack_mode)

@@ -49,6 +49,10 @@ CHANNELWISE = (
 )
 
 
+#: Fractions of training at which the original LeNet recipe multiplies both learning rates by 0.1.
+LENET_LR_STEPS = (0.5, 0.7)
+
+
 # ============================================================================ masks -> weights
 def masked_layers(model: nn.Module) -> dict[str, tuple[nn.Module, BetaBernoulliMask]]:
     """``{layer name: (conv/linear, mask)}`` for every ``nn.Sequential(layer, mask)`` that
@@ -466,10 +470,9 @@ def anp_vs(
 
 def default_config(epochs: int, batch_size: int = 64, seed: int = 0):
     """The original LeNet schedule: learning rates x0.1 at 50% and x0.01 at 70% of training."""
-    from robustcompress.training import TrainConfig
+    from robustcompress.training import TrainConfig, fraction_milestones
 
-    ms = sorted({max(1, int(epochs * 0.5)), max(1, int(epochs * 0.7))})
-    ms = [m for m in ms if m < epochs]
+    ms = fraction_milestones(epochs, LENET_LR_STEPS)
     return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                        schedule="multistep" if ms else "none", milestones=ms)
 

@@ -54,6 +54,14 @@ class TrainConfig(BaseModel):
         return dataset_name == "cifar10" if self.hflip == "auto" else bool(self.hflip)
 
 
+def fraction_milestones(epochs: int, fractions) -> list[int]:
+    """Epoch milestones at ``fractions`` of an ``epochs``-long run (at least epoch 1, strictly
+    inside the run, increasing, no repeats): e.g. (0.5, 0.7) of 200 epochs -> [100, 140], the
+    ANP-VS LeNet schedule. Too short a run for any step gives []."""
+    ms = sorted({max(1, int(epochs * f)) for f in fractions})
+    return [m for m in ms if m < epochs]
+
+
 def lr_factor(config: TrainConfig, epoch: int) -> float:
     """Multiplier of the base learning rate during 0-based ``epoch`` (constant within an epoch).
 
