@@ -29,7 +29,8 @@ import torch
 from robustcompress.attacks import ThreatModel, run_attack
 from robustcompress.data import load_dataset
 from robustcompress.defenses.adversarial_training import adversarial_training
-from robustcompress.defenses.anp_vs import anp_vs, default_config, export_pruned, probe_inputs
+from robustcompress.defenses.adversarial_training import recipe_overrides
+from robustcompress.defenses.anp_vs import LENET_LR_STEPS, anp_vs, export_pruned, probe_inputs
 from robustcompress.metrics.compression import count_macs, count_parameters, exported_bytes, measure_latency
 from robustcompress.metrics.vulnerability import measure_vulnerability, plot_vulnerability_histograms
 from robustcompress.models import build_model
@@ -50,25 +51,35 @@ def stage_standard(out: Path, ds, epochs: int) -> None:
     save_checkpoint(model, out / "standard", {})
 
 
-#: PGD-AT recipes: checkpoint name, table label, clean-loss weight ``mix``, and whether the
-#: weights get the ANP-VS optimiser settings (Adam + L2 1e-4, lr x0.1 at 50% and x0.01 at 70%).
-#: "madry" is Madry et al.'s objective (adversarial examples only) at a constant lr;
-#: "madry-steps" is the same objective with the ANP-VS weight optimiser; "original" is the AT baseline of the ANP_VS code (run.py, mode base with adv_train):
+#: The two learning-rate regimes compared: the ANP_VS code's LeNet steps (x0.1 at 50% and x0.01
+#: at 70% of training; with 4 epochs that is one x0.1 step at epoch 2) or a constant lr.
+LR_STEPS = {"steps": LENET_LR_STEPS, "constant": ()}
+
+#: PGD-AT recipes: checkpoint name, table label, clean-loss weight ``mix``, L2 weight decay and
+#: lr regime. "madry" is Madry et al.'s objective (adversarial examples only) at a constant lr;
+#: "original" is the AT baseline of the ANP_VS code (run.py, mode base with adv_train):
 #: (CE(x) + 2 CE(x_adv)) / 3 with exactly the weight optimiser ANP-VS uses, so the two differ
-#: only by the masks, their KL and the VS term. Both start from the standard model, i.e. the
-#: README's "Pretrained AT" row (its "AT" row trains from scratch).
+#: only by the masks, their KL and the VS term; "original-constant" is that at a constant lr (the
+#: twin of ANP-VS with --anp-lr constant); "madry-steps" is Madry's objective with the ANP-VS
+#: optimiser. All start from the standard model, i.e. the README's "Pretrained AT" row (its "AT"
+#: row trains from scratch).
 AT_RECIPES = {
-    "madry": ("pgd_at", "PGD-AT", 0.0, False),
-    "original": ("pgd_at_original", "PGD-AT (ANP_VS code)", 1.0 / 3.0, True),
-    "madry-steps": ("pgd_at_madry_steps", "PGD-AT (adv only, ANP-VS optimiser)", 0.0, True),
+    "madry": ("pgd_at", "PGD-AT", 0.0, 0.0, "constant"),
+    "original": ("pgd_at_original", "PGD-AT (ANP_VS code)", 1.0 / 3.0, 1e-4, "steps"),
+    "original-constant": ("pgd_at_original_constant_lr", "PGD-AT (ANP_VS code, constant lr)",
+                          1.0 / 3.0, 1e-4, "constant"),
+    "madry-steps": ("pgd_at_madry_steps", "PGD-AT (adv only, ANP-VS optimiser)", 0.0, 1e-4, "steps"),
 }
+#: ANP-VS checkpoints per lr regime (the masks and the weights follow the same regime)
+ANP_CKPTS = {"steps": ("anp_vs_masked", "ANP-VS"),
+             "constant": ("anp_vs_masked_constant_lr", "ANP-VS (constant lr)")}
 
 
 def stage_pgd_at(out: Path, ds, epochs: int, recipe: str = "madry") -> None:
-    ckpt, _label, mix, anp_optimiser = AT_RECIPES[recipe]
+    ckpt, _label, mix, weight_decay, lr = AT_RECIPES[recipe]
     base = load_checkpoint(out / "standard")
-    config = (default_config(epochs).model_copy(update={"weight_decay": 1e-4}) if anp_optimiser
-              else TrainConfig(epochs=epochs, batch_size=64, seed=0))
+    config = TrainConfig(epochs=epochs, batch_size=64, seed=0,
+                         **recipe_overrides(epochs, LR_STEPS[lr], weight_decay or None))
     net = adversarial_training(base, ds, attack="pgd", eps=EPS, steps=TRAIN_STEPS, step_size=STEP,
                                mix=mix, config=config, generator=torch.Generator().manual_seed(0))
     net.robustcompress_defenses = [{"name": "adversarial_training", "params": {
@@ -77,14 +88,15 @@ def stage_pgd_at(out: Path, ds, epochs: int, recipe: str = "madry") -> None:
     save_checkpoint(net, out / ckpt, {"recipe": recipe, "train_config": config.model_dump()})
 
 
-def stage_anp_vs(out: Path, ds, epochs: int, mask_lr: float) -> None:
+def stage_anp_vs(out: Path, ds, epochs: int, mask_lr: float, lr: str = "steps") -> None:
     base = load_checkpoint(out / "standard")
+    config = TrainConfig(epochs=epochs, batch_size=64, seed=0, **recipe_overrides(epochs, LR_STEPS[lr]))
     net = anp_vs(base, ds, eps=EPS, steps=TRAIN_STEPS, step_size=STEP, beta=4.0, lam=1e-3,
-                 mask_lr=mask_lr, config=default_config(epochs), generator=torch.Generator().manual_seed(0))
+                 mask_lr=mask_lr, config=config, generator=torch.Generator().manual_seed(0))
     net.robustcompress_defenses = [{"name": "anp_vs", "params": {
         "eps": EPS, "steps": TRAIN_STEPS, "step_size": STEP, "mask_lr": mask_lr, "epochs": epochs,
         "export": False}}]
-    save_checkpoint(net, out / "anp_vs_masked", {})
+    save_checkpoint(net, out / ANP_CKPTS[lr][0], {"lr": lr, "train_config": config.model_dump()})
 
 
 def _size(model, shape) -> dict:
@@ -98,7 +110,7 @@ def stage_evaluate(out: Path, ds) -> dict:
     x, y = ds.test.x, ds.test.y
     rows, reports = {}, {}
     labels = {"standard": "standard", **{ckpt: label for ckpt, label, *_ in AT_RECIPES.values()},
-              "anp_vs_masked": "ANP-VS"}
+              **dict(ANP_CKPTS.values())}
     for name, label in labels.items():
         if not (out / f"{name}.safetensors").exists():
             continue  # an AT recipe that was not trained in this run
@@ -136,7 +148,7 @@ def report(rows: dict) -> str:
              "PGD-AT (adv only, ANP-VS optimiser)": "-",
              "ANP-VS": "99.05 / 91.31", "standard": "-"}
     for k, r in rows.items():
-        lines.append(f"| {k} | {100 * r['clean']:.2f} | {100 * r['pgd40']:.2f} | {r['V']:.4f} | {paper[k]} |")
+        lines.append(f"| {k} | {100 * r['clean']:.2f} | {100 * r['pgd40']:.2f} | {r['V']:.4f} | {paper.get(k, '-')} |")
     a = rows.get("ANP-VS")
     if a:
         d, e = a["size_dense"], a["size_exported"]
@@ -158,9 +170,11 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--mask-lr", type=float, default=5e-2)
+    ap.add_argument("--anp-lr", choices=sorted(ANP_CKPTS), default="steps",
+                    help="ANP-VS lr regime: steps = the original x0.1 at 50%% / 70%%, constant = none")
     ap.add_argument("--at-recipe", choices=sorted(AT_RECIPES), default="madry",
-                    help="PGD-AT baseline: madry = adversarial examples only, constant lr; original = "
-                         "the ANP_VS code's (CE + 2 CE_adv)/3 with ANP-VS's weight optimiser")
+                    help="PGD-AT baseline (see AT_RECIPES): madry = adversarial examples only, constant "
+                         "lr; original = the ANP_VS code's (CE + 2 CE_adv)/3 with ANP-VS's weight optimiser")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +187,7 @@ def main() -> None:
         elif st == "pgd_at":
             stage_pgd_at(out, ds, args.epochs, args.at_recipe)
         elif st == "anp_vs":
-            stage_anp_vs(out, ds, args.epochs, args.mask_lr)
+            stage_anp_vs(out, ds, args.epochs, args.mask_lr, args.anp_lr)
         else:
             print(report(stage_evaluate(out, ds)))
         print(f"[{st}] {time.perf_counter() - t0:.1f}s (torch {torch.__version__}, "
