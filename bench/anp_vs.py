@@ -105,15 +105,19 @@ def _size(model, shape) -> dict:
             "latency_ms": measure_latency(model, shape, batch_size=1, repeats=30)}
 
 
-def stage_evaluate(out: Path, ds) -> dict:
+def stage_evaluate(out: Path, ds, only: tuple[str, ...] = ()) -> dict:
+    """Evaluate every trained checkpoint in ``out`` (or only those named), merge the rows into
+    ``out/results.json`` and plot the vulnerability histograms of this call's models."""
     threat = ThreatModel.from_spec("linf", EPS, ds.info)
     x, y = ds.test.x, ds.test.y
-    rows, reports = {}, {}
+    results = out / "results.json"
+    rows = json.loads(results.read_text()) if only and results.exists() else {}
+    reports = {}
     labels = {"standard": "standard", **{ckpt: label for ckpt, label, *_ in AT_RECIPES.values()},
               **dict(ANP_CKPTS.values())}
     for name, label in labels.items():
-        if not (out / f"{name}.safetensors").exists():
-            continue  # an AT recipe that was not trained in this run
+        if not (out / f"{name}.safetensors").exists() or (only and name not in only):
+            continue  # a recipe that was not trained in this run, or not asked for
         model = load_checkpoint(out / name).eval()
         t0 = time.perf_counter()
         res = run_attack("pgd", model, x, y, threat, steps=EVAL_STEPS, step_size=STEP,
@@ -137,8 +141,8 @@ def stage_evaluate(out: Path, ds) -> dict:
             total = sum(t for _, t in row["channels"].values())
             row["pruned_units_pct"] = 100.0 * (1 - sum(k for k, _ in row["channels"].values()) / total)
         rows[label] = row
-    plot_vulnerability_histograms(reports, out / "vulnerability_hist.png")
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    plot_vulnerability_histograms(reports, out / ("vulnerability_hist" + "".join(f"-{n}" for n in only) + ".png"))
+    results.write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -170,6 +174,9 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--mask-lr", type=float, default=5e-2)
+    ap.add_argument("--only", nargs="*", default=[], metavar="CHECKPOINT",
+                    help="evaluate only these checkpoints of --out (e.g. pgd_at_original_constant_lr) "
+                         "and merge them into its results.json")
     ap.add_argument("--anp-lr", choices=sorted(ANP_CKPTS), default="steps",
                     help="ANP-VS lr regime: steps = the original x0.1 at 50%% / 70%%, constant = none")
     ap.add_argument("--at-recipe", choices=sorted(AT_RECIPES), default="madry",
@@ -189,7 +196,7 @@ def main() -> None:
         elif st == "anp_vs":
             stage_anp_vs(out, ds, args.epochs, args.mask_lr, args.anp_lr)
         else:
-            print(report(stage_evaluate(out, ds)))
+            print(report(stage_evaluate(out, ds, tuple(args.only))))
         print(f"[{st}] {time.perf_counter() - t0:.1f}s (torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s))")
 
