@@ -12,9 +12,12 @@ separately (each stays under ten minutes on one CPU thread):
     OMP_NUM_THREADS=1 python bench/anp_vs.py --stage anp_vs
     OMP_NUM_THREADS=1 python bench/anp_vs.py --stage evaluate
 
-Deviations from the original recipe (200 epochs on 60k images): 5k training images, 3 epochs of
-standard training, 3 epochs of AT / ANP-VS, mask learning rate 5e-2 instead of 1e-2 (so that
-masks can reach the threshold in ~240 steps), evaluation on 1000 test images.
+Deviations from the original recipe (200 epochs on 60k images): by default 5k training images,
+3 epochs of standard training, 3 epochs of AT / ANP-VS, mask learning rate 5e-2 instead of 1e-2
+(so that masks can reach the threshold in ~240 steps), evaluation on 1000 test images; the flags
+--train-limit, --epochs, --mask-lr and --test-limit set them. The PGD-AT baseline has several
+recipes (--at-recipe, see AT_RECIPES): Madry's adversarial-only loss, and the ANP_VS code's own
+AT, which uses ANP-VS's weight loss mix and optimiser; --anp-lr runs ANP-VS under either lr regime.
 """
 
 from __future__ import annotations
