@@ -153,3 +153,22 @@ def test_defense_passes_lr_steps_and_weight_decay_to_the_run_and_rejects_bad_fra
     spec.apply(model, spec.Params(epochs=10, mix=1 / 3, lr_steps=[0.5, 0.7], weight_decay=1e-4), ctx)
     assert seen == {"epochs": 10, "weight_decay": 1e-4, "schedule": "multistep", "milestones": [5, 7],
                     "gamma": 0.1, "mix": pytest.approx(1 / 3)}
+
+
+def test_anp_vs_defense_lr_steps_reach_the_run_and_default_to_the_original(digits):
+    from robustcompress.defenses import DefenseContext, get_defense
+
+    spec = get_defense("anp_vs")
+    assert spec.Params().lr_steps == [0.5, 0.7]
+    seen = []
+
+    def fake_fit(net, objective=None, **overrides):
+        seen.append(overrides)
+        return net
+
+    ctx = DefenseContext(dataset=digits, device=torch.device("cpu"), progress=False, fit=fake_fit)
+    model = build_model("lenet300", digits.info, hidden=(16,))
+    for lr_steps in ([0.5, 0.7], []):
+        spec.apply(model, spec.Params(epochs=10, lr_steps=lr_steps, export=False), ctx)
+    assert seen[0]["schedule"] == "multistep" and seen[0]["milestones"] == [5, 7]
+    assert seen[1]["schedule"] == "none" and seen[1]["milestones"] == []

@@ -21,7 +21,7 @@ def test_anp_and_advtrain_commands(tmp_path, capsys):
     rc = main(["anp", "--checkpoint", str(tmp_path / "base"), "--epochs", "2", "--eps", "0.1",
                "--steps", "2", "--step-size", "0.05", "--mask-lr", "0.1", "--eval-steps", "5",
                "--eval-limit", "60", "--device", "cpu", "--plot", str(tmp_path / "v.png"),
-               "--out", str(tmp_path / "anp")])
+               "--constant-lr", "--out", str(tmp_path / "anp")])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "fc1:" in text and "channels kept" in text and "params:" in text and "V " in text
@@ -29,6 +29,7 @@ def test_anp_and_advtrain_commands(tmp_path, capsys):
     kept, total = summary["export"]["channels"]["fc1"]
     small = load_checkpoint(tmp_path / "anp")
     assert small.fc1.out_features == kept <= total
+    assert small.robustcompress_defenses[-1]["params"]["lr_steps"] == []
     assert (tmp_path / "v.png").stat().st_size > 0
     rc = main(["advtrain", "--checkpoint", str(tmp_path / "base"), "--attack", "fgsm", "--eps", "0.1",
                "--epochs", "2", "--lr-step", "0.5", "--weight-decay", "1e-4", "--eval-steps", "5",

@@ -56,6 +56,8 @@ def anp_cmd(
     steps: int = typer.Option(20, min=1, help="PGD steps during training (MNIST 20, CIFAR 10)."),
     step_size: float = typer.Option(0.01, help="PGD step during training (MNIST 0.01, CIFAR 0.007)."),
     mask_lr: float = typer.Option(1e-2, help="Adam lr of the masks (original 1e-2; raise for short runs)."),
+    constant_lr: bool = typer.Option(False, help="Keep both lrs constant instead of the original x0.1 at "
+                                     "50% and 70% of training (better in short runs: docs/reproductions/anp-vs.md)."),
     batch_size: int = typer.Option(64, min=1, help="Batch size (original 64)."),
     eval_steps: int = typer.Option(40, min=1, help="PGD steps of the white-box evaluation (original 40)."),
     eval_limit: int = typer.Option(500, min=1, help="Test points for accuracy and vulnerability."),
@@ -81,11 +83,12 @@ def anp_cmd(
 
     from robustcompress.attacks import ThreatModel
     from robustcompress.defenses.anp_vs import (
-        anp_vs, default_config, describe_export, export_pruned, probe_inputs)
+        LENET_LR_STEPS, anp_vs, default_config, describe_export, export_pruned, probe_inputs)
     from robustcompress.metrics.vulnerability import measure_vulnerability, plot_vulnerability_histograms
     from robustcompress.training import save_checkpoint
 
     console = Console()
+    lr_steps = () if constant_lr else LENET_LR_STEPS
     model, data, dev = _load(checkpoint, data_dir, train_limit, device)
     threat = ThreatModel.from_spec("linf", eps, data.info)
     part = data.test.sample(eval_limit)
@@ -96,7 +99,7 @@ def anp_cmd(
     c0, r0 = _accuracies(model, x, y, attack)
     console.print(f"base: clean {c0:.4f}  PGD-{eval_steps} {r0:.4f}  V {v0.V:.4f}")
     net = anp_vs(model, data, eps=eps, beta=beta, lam=lam, steps=steps, step_size=step_size,
-                 mask_lr=mask_lr, config=default_config(epochs, batch_size, seed),
+                 mask_lr=mask_lr, config=default_config(epochs, batch_size, seed, lr_steps=lr_steps),
                  generator=torch.Generator().manual_seed(seed), progress=progress)
     res = export_pruned(net, probe_inputs(data.info).to(dev))
     small = res.model.eval()
@@ -111,7 +114,7 @@ def anp_cmd(
 
     params = get_defense("anp_vs").Params(
         eps=eps, beta=beta, lam=lam, steps=steps, step_size=step_size, mask_lr=mask_lr,
-        epochs=epochs, kept_channels={n: len(k) for n, k in res.kept.items()})
+        epochs=epochs, lr_steps=list(lr_steps), kept_channels={n: len(k) for n, k in res.kept.items()})
     small.robustcompress_spec = model.robustcompress_spec
     small.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
         {"name": "anp_vs", "params": params.model_dump(mode="json")}]

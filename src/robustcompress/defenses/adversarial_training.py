@@ -22,11 +22,12 @@ import copy
 from typing import Literal, Optional, Union
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
 from robustcompress.errors import UserInputError
+from robustcompress.training.config import LrSteps
 
 #: Default weight of the clean loss per attack: Goodfellow et al. (and Tramer et al.) mix half
 #: clean / half adversarial; Madry et al. train on adversarial examples only.
@@ -122,16 +123,9 @@ class AdversarialTrainingDefense(DefenseSpec):
         epochs: int = 5
         from_scratch: bool = False
         #: fractions of training at which the lr is multiplied by 0.1 (ANP_VS code: [0.5, 0.7])
-        lr_steps: list[float] = []
+        lr_steps: LrSteps = []
         #: L2 weight decay of this stage (None: the run's training setting; ANP_VS code: 1e-4)
         weight_decay: Optional[float] = Field(None, ge=0)
-
-        @field_validator("lr_steps")
-        @classmethod
-        def _fractions(cls, v: list[float]) -> list[float]:
-            if any(not 0.0 < f < 1.0 for f in v):
-                raise ValueError(f"lr_steps are fractions of training in (0, 1), e.g. [0.5, 0.7]; got {v}")
-            return v
 
     def apply(self, model: nn.Module, params, ctx: DefenseContext) -> dict[str, nn.Module]:
         start = _reinit(model, ctx.seed) if params.from_scratch else model

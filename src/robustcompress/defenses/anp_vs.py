@@ -39,6 +39,7 @@ from robustcompress.nn.beta_bernoulli import (
     add_bb_masks,
     bb_masks,
 )
+from robustcompress.training.config import LrSteps
 
 #: Modules a pruned channel may pass through between its producer and the next weight layer:
 #: they act on each channel separately (BatchNorm is sliced with the channels).
@@ -468,11 +469,13 @@ def anp_vs(
     return net
 
 
-def default_config(epochs: int, batch_size: int = 64, seed: int = 0):
-    """The original LeNet schedule: learning rates x0.1 at 50% and x0.01 at 70% of training."""
+def default_config(epochs: int, batch_size: int = 64, seed: int = 0, lr_steps=LENET_LR_STEPS):
+    """The original LeNet schedule: learning rates x0.1 at 50% and x0.01 at 70% of training
+    (``lr_steps``; ``()`` keeps them constant, which does better in short runs: see
+    docs/reproductions/anp-vs.md)."""
     from robustcompress.training import TrainConfig, fraction_milestones
 
-    ms = fraction_milestones(epochs, LENET_LR_STEPS)
+    ms = fraction_milestones(epochs, lr_steps)
     return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
                        schedule="multistep" if ms else "none", milestones=ms)
 
@@ -508,13 +511,16 @@ class ANPVSDefense(DefenseSpec):
         weight_lr: float = 1e-3
         where: Literal["outputs", "conv_out"] = "outputs"
         epochs: int = 10
+        #: fractions of training at which both lrs are multiplied by 0.1 (original: [0.5, 0.7];
+        #: [] = constant)
+        lr_steps: LrSteps = list(LENET_LR_STEPS)
         export: bool = True
         #: filled in by ``apply`` when exported: kept channels per layer (for checkpoint rebuild)
         kept_channels: Optional[dict[str, int]] = None
 
     def apply(self, model: nn.Module, params: "ANPVSDefense.Params", ctx: DefenseContext) -> dict[str, nn.Module]:
         gen = torch.Generator().manual_seed(ctx.seed)
-        cfg = default_config(params.epochs, seed=ctx.seed)
+        cfg = default_config(params.epochs, seed=ctx.seed, lr_steps=params.lr_steps)
         fit_fn = None
         if ctx.fit is not None:
             def fit_fn(net, obj):  # the run's settings, with the original lr schedule

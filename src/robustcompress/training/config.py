@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -52,6 +52,16 @@ class TrainConfig(BaseModel):
     def flip_enabled(self, dataset_name: str) -> bool:
         """Random horizontal flips: ``"auto"`` turns them on for CIFAR-10 only."""
         return dataset_name == "cifar10" if self.hflip == "auto" else bool(self.hflip)
+
+
+def _check_fractions(v: list[float]) -> list[float]:
+    if any(not 0.0 < f < 1.0 for f in v):
+        raise ValueError(f"lr_steps are fractions of training in (0, 1), e.g. [0.5, 0.7]; got {v}")
+    return v
+
+
+#: A defense parameter: fractions of its training at which the learning rate is multiplied by 0.1.
+LrSteps = Annotated[list[float], AfterValidator(_check_fractions)]
 
 
 def fraction_milestones(epochs: int, fractions) -> list[int]:
