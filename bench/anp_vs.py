@@ -32,13 +32,12 @@ import torch
 from robustcompress.attacks import ThreatModel, run_attack
 from robustcompress.data import load_dataset
 from robustcompress.defenses.adversarial_training import adversarial_training
-from robustcompress.defenses.adversarial_training import recipe_overrides
-from robustcompress.defenses.anp_vs import LENET_LR_STEPS, anp_vs, export_pruned, probe_inputs
+from robustcompress.defenses.anp_vs import LENET_LR_STEPS, anp_vs, default_config, export_pruned, probe_inputs
 from robustcompress.metrics.compression import count_macs, count_parameters, exported_bytes, measure_latency
 from robustcompress.metrics.vulnerability import measure_vulnerability, plot_vulnerability_histograms
 from robustcompress.models import build_model
 from robustcompress.nn.beta_bernoulli import add_bb_masks, mask_summary
-from robustcompress.training import TrainConfig, fit, load_checkpoint, save_checkpoint
+from robustcompress.training import TrainConfig, fit, load_checkpoint, recipe_overrides, save_checkpoint
 
 EPS, STEP, TRAIN_STEPS, EVAL_STEPS = 0.3, 0.01, 20, 40
 
@@ -93,7 +92,7 @@ def stage_pgd_at(out: Path, ds, epochs: int, recipe: str = "madry") -> None:
 
 def stage_anp_vs(out: Path, ds, epochs: int, mask_lr: float, lr: str = "steps") -> None:
     base = load_checkpoint(out / "standard")
-    config = TrainConfig(epochs=epochs, batch_size=64, seed=0, **recipe_overrides(epochs, LR_STEPS[lr]))
+    config = default_config(epochs, lr_steps=LR_STEPS[lr])
     net = anp_vs(base, ds, eps=EPS, steps=TRAIN_STEPS, step_size=STEP, beta=4.0, lam=1e-3,
                  mask_lr=mask_lr, config=config, generator=torch.Generator().manual_seed(0))
     net.robustcompress_defenses = [{"name": "anp_vs", "params": {

@@ -121,8 +121,7 @@ def test_defense_spec_fine_tunes_a_copy_and_records_recipe(digits):
 
 
 def test_fraction_milestones_and_the_anp_vs_code_recipe():
-    from robustcompress.defenses.adversarial_training import recipe_overrides
-    from robustcompress.training import fraction_milestones, lr_factor
+    from robustcompress.training import fraction_milestones, lr_factor, recipe_overrides
 
     assert fraction_milestones(200, (0.5, 0.7)) == [100, 140]
     assert fraction_milestones(4, (0.5, 0.7)) == [2]  # int(2.8) = 2: one step, not two at epoch 2

@@ -167,9 +167,9 @@ def advtrain_cmd(
 
     from robustcompress.attacks import ThreatModel
     from robustcompress.defenses import get_defense
-    from robustcompress.defenses.adversarial_training import adversarial_training, recipe_overrides
+    from robustcompress.defenses.adversarial_training import adversarial_training
     from robustcompress.errors import UserInputError
-    from robustcompress.training import TrainConfig, save_checkpoint
+    from robustcompress.training import TrainConfig, recipe_overrides, save_checkpoint
 
     try:
         params = get_defense("adversarial_training").Params(

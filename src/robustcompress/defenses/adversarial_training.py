@@ -27,7 +27,7 @@ from torch import nn
 
 from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
 from robustcompress.errors import UserInputError
-from robustcompress.training.config import LrSteps
+from robustcompress.training.config import LrSteps, recipe_overrides
 
 #: Default weight of the clean loss per attack: Goodfellow et al. (and Tramer et al.) mix half
 #: clean / half adversarial; Madry et al. train on adversarial examples only.
@@ -47,19 +47,6 @@ def make_objective(threat, attack: str = "pgd", *, steps: int = 10, step_size: O
         mix=DEFAULT_MIX.get(attack, 0.0) if mix is None else mix, random_steps=random_steps,
         random_eps=random_eps, min_eps_fraction=min_eps_fraction, attack_mode=attack_mode,
         generator=generator)
-
-
-def recipe_overrides(epochs: int, lr_steps=(), weight_decay: Optional[float] = None) -> dict:
-    """TrainConfig fields for an AT recipe: learning rate x0.1 at each fraction of training in
-    ``lr_steps`` (e.g. (0.5, 0.7), the ANP_VS code's LeNet schedule) and an L2 ``weight_decay``
-    (None leaves the run's setting). Empty when neither is given."""
-    from robustcompress.training import fraction_milestones
-
-    out = {} if weight_decay is None else {"weight_decay": weight_decay}
-    ms = fraction_milestones(epochs, lr_steps)
-    if ms:
-        out.update(schedule="multistep", milestones=ms, gamma=0.1)
-    return out
 
 
 def _reinit(model: nn.Module, seed: int) -> nn.Module:

@@ -473,11 +473,10 @@ def default_config(epochs: int, batch_size: int = 64, seed: int = 0, lr_steps=LE
     """The original LeNet schedule: learning rates x0.1 at 50% and x0.01 at 70% of training
     (``lr_steps``; ``()`` keeps them constant, which does better in short runs: see
     docs/reproductions/anp-vs.md)."""
-    from robustcompress.training import TrainConfig, fraction_milestones
+    from robustcompress.training import TrainConfig, recipe_overrides
 
-    ms = fraction_milestones(epochs, lr_steps)
     return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
-                       schedule="multistep" if ms else "none", milestones=ms)
+                       **recipe_overrides(epochs, lr_steps))
 
 
 def probe_inputs(info, n: int = 8, seed: int = 0) -> torch.Tensor:

@@ -10,7 +10,12 @@ from robustcompress.training.checkpoint import (  # noqa: F401
     read_checkpoint_meta,
     save_checkpoint,
 )
-from robustcompress.training.config import TrainConfig, fraction_milestones, lr_factor  # noqa: F401
+from robustcompress.training.config import (  # noqa: F401
+    TrainConfig,
+    fraction_milestones,
+    lr_factor,
+    recipe_overrides,
+)
 from robustcompress.training.evaluate import (  # noqa: F401
     DEFAULT_MC_SAMPLES,
     confusion_matrix,

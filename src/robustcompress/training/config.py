@@ -72,6 +72,17 @@ def fraction_milestones(epochs: int, fractions) -> list[int]:
     return [m for m in ms if m < epochs]
 
 
+def recipe_overrides(epochs: int, lr_steps=(), weight_decay: Optional[float] = None) -> dict:
+    """TrainConfig fields for a stage's recipe: learning rate x0.1 at each fraction of training in
+    ``lr_steps`` (e.g. (0.5, 0.7), the ANP_VS code's LeNet schedule) and an L2 ``weight_decay``
+    (None leaves the run's setting). Empty when neither is given."""
+    out = {} if weight_decay is None else {"weight_decay": weight_decay}
+    ms = fraction_milestones(epochs, lr_steps)
+    if ms:
+        out.update(schedule="multistep", milestones=ms, gamma=0.1)
+    return out
+
+
 def lr_factor(config: TrainConfig, epoch: int) -> float:
     """Multiplier of the base learning rate during 0-based ``epoch`` (constant within an epoch).
 
