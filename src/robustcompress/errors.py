@@ -24,3 +24,10 @@ class ConfigError(UserInputError):
 
 class ThreatModelError(UserInputError):
     """Inputs or an attack budget do not fit the declared threat model (bounds, eps units, norm)."""
+
+
+def describe_validation(err: Exception) -> str:
+    """One line naming every field a pydantic ``ValidationError`` rejected and why
+    (``"lr_steps: Value error, ...; epochs: ..."``); other errors give their message."""
+    errs = err.errors() if callable(getattr(err, "errors", None)) else [{"loc": (), "msg": str(err)}]
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in errs)

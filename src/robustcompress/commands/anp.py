@@ -168,7 +168,7 @@ def advtrain_cmd(
     from robustcompress.attacks import ThreatModel
     from robustcompress.defenses import get_defense
     from robustcompress.defenses.adversarial_training import adversarial_training
-    from robustcompress.errors import UserInputError
+    from robustcompress.errors import UserInputError, describe_validation
     from robustcompress.training import TrainConfig, recipe_overrides, save_checkpoint
 
     try:
@@ -177,8 +177,7 @@ def advtrain_cmd(
             random_steps=random_steps, random_eps=random_eps, epochs=epochs, lr_steps=lr_step,
             weight_decay=weight_decay)
     except ValidationError as e:
-        raise UserInputError("advtrain: " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+        raise UserInputError(f"advtrain: {describe_validation(e)}") from None
     console = Console()
     model, data, dev = _load(checkpoint, data_dir, train_limit, device)
     threat = ThreatModel.from_spec("linf", eps, data.info, eps_scale=eps_scale)

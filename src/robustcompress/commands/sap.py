@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from robustcompress.errors import UserInputError
+from robustcompress.errors import UserInputError, describe_validation
 
 BASELINES = ("sap", "dropout", "rna", "rsa", "rnw", "rsw", "swp", "dwp")
 
@@ -74,7 +74,7 @@ def sap_cmd(
     try:
         params = spec.Params(**raw)
     except Exception as e:  # pydantic validation
-        raise UserInputError(f"invalid parameters for {baseline}: {e}".splitlines()[0]) from None
+        raise UserInputError(f"invalid parameters for {baseline}: {describe_validation(e)}") from None
     defended = spec.apply(model, params, None)[""].to(dev).eval()
     part = data.test.sample(n)
     x, y = part.x.to(dev), part.y.to(dev)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from robustcompress.errors import UserInputError
+from robustcompress.errors import UserInputError, describe_validation
 
 
 #: Per-dataset defaults of `train` (explicit options win). digits/mnist/fsdd are the settings
@@ -110,9 +110,7 @@ def train_cmd(
             max_batches_per_epoch=max_batches, amp=amp, channels_last=channels_last,
             compile=compile_)
     except (ValidationError, ValueError) as e:
-        msgs = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
-        raise UserInputError("invalid training option: " + "; ".join(
-            f"{'.'.join(map(str, m['loc']))} {m['msg']}" for m in msgs)) from None
+        raise UserInputError(f"invalid training option: {describe_validation(e)}") from None
     from robustcompress.models import list_models
 
     if model not in list_models():  # before the (slow) data load
