@@ -50,8 +50,7 @@ def make_objective(threat, attack: str = "pgd", *, steps: int = 10, step_size: O
 
 
 def _reinit(model: nn.Module, seed: int) -> nn.Module:
-    from robustcompress.data.info import DatasetInfo
-    from robustcompress.models import build_model
+    from robustcompress.models import build_from_spec
 
     spec = getattr(model, "robustcompress_spec", None)
     if spec is None:
@@ -59,7 +58,7 @@ def _reinit(model: nn.Module, seed: int) -> nn.Module:
                              "use from_scratch=False to fine-tune this model")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        fresh = build_model(spec["model"], DatasetInfo.from_dict(spec["info"]), **spec["model_kwargs"])
+        fresh = build_from_spec(spec)
     return fresh.to(next(model.parameters()).device)
 
 

@@ -28,14 +28,14 @@ class IndependentParams(DefenseParams):
 
 def fresh_copy(model: nn.Module, info, seed: int) -> nn.Module:
     """The same zoo architecture, newly initialised from ``seed`` (global RNG left untouched)."""
-    from robustcompress.models import build_model
+    from robustcompress.models import build_from_spec
 
     spec = getattr(model, "robustcompress_spec", None)
     if spec is None:
         raise UserInputError("method 'independent' needs a zoo model (built by build_model) as its base")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(spec["model"], info, **spec.get("model_kwargs", {}))
+        return build_from_spec(spec)
 
 
 @register_defense

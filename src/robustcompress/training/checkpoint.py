@@ -1,7 +1,8 @@
 """Checkpoints as ``NAME.safetensors`` (tensors) + ``NAME.json`` (everything else); never pickle.
 
-A model checkpoint records how to rebuild the architecture before loading weights: the zoo spec
-(``model.robustcompress_spec``: model name, kwargs, dataset info) and the defenses applied
+A model checkpoint records how to rebuild the architecture before loading weights: the spec
+(``model.robustcompress_spec``: zoo model name or a user's factory with its declared input, kwargs,
+dataset info) and the defenses applied
 (``model.robustcompress_defenses``: ``[{"name", "params"}]``), rebuilt with
 ``get_defense(name).structure(model, Params(**params))``.
 
@@ -74,13 +75,15 @@ def save_checkpoint(model: nn.Module, path: PathLike, meta: Optional[dict] = Non
     """Write ``path.safetensors`` (the state dict) and ``path.json`` (spec, defenses, ``meta``).
 
     ``meta`` may hold ``config``, ``metrics``, ``dataset`` or anything JSON-serialisable.
-    Returns the stem. The model must come from :func:`robustcompress.models.build_model` (it
-    carries ``robustcompress_spec``), otherwise it could not be rebuilt.
+    Returns the stem. The model must come from :func:`robustcompress.models.build_model` or
+    :func:`robustcompress.models.build_foreign` (it carries ``robustcompress_spec``), otherwise it
+    could not be rebuilt.
     """
     spec = getattr(model, "robustcompress_spec", None)
     if spec is None:
         raise UserInputError("this model has no robustcompress_spec, so its checkpoint could not be "
-                             "rebuilt; build it with robustcompress.models.build_model(name, info)")
+                             "rebuilt; build it with robustcompress.models.build_model(name, info), or "
+                             "build_foreign(factory, info, bounds=...) for your own model")
     stem = checkpoint_stem(path)
     from robustcompress import __version__
 
@@ -116,13 +119,11 @@ def read_checkpoint_meta(path: PathLike) -> dict:
 
 
 def rebuild_model(doc: dict) -> nn.Module:
-    """Architecture of a checkpoint without weights: zoo model, then each defense's structure."""
-    from robustcompress.data.info import DatasetInfo
-    from robustcompress.models import build_model
+    """Architecture of a checkpoint without weights: zoo or foreign model (see
+    :func:`robustcompress.models.build_from_spec`), then each defense's structure."""
+    from robustcompress.models import build_from_spec
 
-    spec = doc["spec"]
-    model = build_model(spec["model"], DatasetInfo.from_dict(spec["info"]),
-                        **spec.get("model_kwargs", {}))
+    model = build_from_spec(doc["spec"])
     defenses = list(doc.get("defenses", []))
     if defenses:
         from robustcompress.defenses.base import get_defense
