@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 DATA_DIR_HELP = ("Data root (default: $ROBUSTCOMPRESS_DATA, then ./data, then ../shared/data). "
-                 "For imagefolder: the image folder itself.")
+                 "For imagefolder: the image folder itself; for tensors: the .npz/.safetensors file.")
 
 data_app = typer.Typer(
     name="data",
@@ -69,14 +69,14 @@ def list_cmd(
     for name, e in DATASETS.items():
         if name == "digits":
             found = "bundled (scikit-learn)"
-        elif name == "imagefolder":
+        elif name in ("imagefolder", "tensors"):
             found = "pass --data-dir PATH"
         else:
             got = find_dataset(name, data_dir)
             found = (f"{_fmt_source(got[0], got[1])}\n[dim]in {got[0]}[/dim]" if got
                      else "[red]not found[/red]")
         t.add_row(name, str(tuple(e.shape)) if e.shape else "any", str(e.num_classes or "any"),
-                  f"[{e.bounds[0]:g}, {e.bounds[1]:g}]", found)
+                  "declared" if name == "tensors" else f"[{e.bounds[0]:g}, {e.bounds[1]:g}]", found)
     _console().print(t)
 
 

@@ -2,8 +2,9 @@
 
 Names: ``digits`` (scikit-learn 8x8, embedded), ``mnist``, ``cifar10`` (canonical pickles or the
 JPEG image-folder copy), ``speech_commands`` (12 labels, 16 kHz), ``fsdd`` (8 kHz spoken digits),
-``imagefolder`` (your own images; ``root`` is the folder). Images are float32 in [0, 1], audio in
-[-1, 1). Roots are searched as described in :mod:`robustcompress.data.roots`; decoded arrays are
+``imagefolder`` (your own images; ``root`` is the folder), ``tensors`` (your own arrays in an
+``.npz``/``.safetensors`` file; ``root`` is the file, ``bounds=`` declares the box). Images are
+float32 in [0, 1], audio in [-1, 1). Roots are searched as described in :mod:`robustcompress.data.roots`; decoded arrays are
 cached (:mod:`robustcompress.data.cache`); files are checked against known checksums
 (:mod:`robustcompress.data.integrity`).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from robustcompress.data import cifar10, digits, fsdd, imagefolder, mnist, speech_commands
+from robustcompress.data import cifar10, digits, fsdd, imagefolder, mnist, speech_commands, tensors
 from robustcompress.data.info import Dataset, DatasetInfo, Split
 from robustcompress.data.roots import resolve_data_root, root_candidates
 from robustcompress.errors import UserInputError
@@ -45,6 +46,9 @@ DATASETS: dict[str, Catalog] = {
                     "Free Spoken Digit Dataset, 8 kHz, index 0-4 test"),
     "imagefolder": Catalog(imagefolder.load, None, (), 0, (0.0, 1.0),
                            "your images: root/train/<class>/*, root/test/<class>/*"),
+    # bounds are declared per file (option or stored array); (0, 1) is only the catalog's placeholder
+    "tensors": Catalog(tensors.load, None, (), 0, (0.0, 1.0),
+                       "your arrays: x_train/y_train/x_test/y_test in .npz or .safetensors"),
 }
 
 
@@ -88,7 +92,8 @@ def load_dataset(name: str, root=None, *, download: bool = False, cache_dir=None
         else ``~/.cache/robustcompress``).
     train_limit, test_limit : keep a deterministic class-stratified subset of this size.
     **kw : dataset options (``cifar10``: ``source="auto"|"python"|"jpeg"``; ``fsdd``: ``length``;
-        ``imagefolder``: ``mode="L"|"RGB"``).
+        ``imagefolder``: ``mode="L"|"RGB"``; ``tensors``: ``bounds``, ``mean``, ``std``,
+        ``num_classes``).
 
     Returns
     -------
