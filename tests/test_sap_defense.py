@@ -40,7 +40,7 @@ def test_sap_after_named_layers_and_bad_names():
     defended = sap(model, layers=["conv1", "fc1"], method="bernoulli")
     assert isinstance(defended.conv1[1], SAP) and defended.conv1[1].method == "bernoulli"
     assert sum(isinstance(m, SAP) for m in defended.modules()) == 2
-    with pytest.raises(UserInputError, match="no module named"):
+    with pytest.raises(UserInputError, match="no (module|activation site or module) named"):
         sap(model, layers=["nope"])
     with pytest.raises(UserInputError):
         sap(model, layers="conv")

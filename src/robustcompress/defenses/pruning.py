@@ -35,6 +35,7 @@ from torch import nn
 from robustcompress.data.info import Dataset
 from robustcompress.defenses.base import DefenseParams, DefenseSpec, register_defense
 from robustcompress.errors import UserInputError
+from robustcompress.nn import surgery
 from robustcompress.nn.masks import magnitude_prune, mask_structure
 
 
@@ -49,8 +50,10 @@ class L1Activation:
     """Cross-entropy plus ``lam * sum_l mean_batch(||a_l||_1 / dim_l)`` over the ReLU outputs.
 
     The activation-sparsity objective of Guo et al. (Sec. 4.2, "Activation sparsity"), following
-    the training objective protocol of :func:`robustcompress.training.fit`.  ``layers`` restricts
-    the penalty to the named ReLUs (default: all).
+    the training objective protocol of :func:`robustcompress.training.fit`.  The outputs are
+    every ReLU application (modules, reused modules and ``F.relu``, recorded by
+    :func:`robustcompress.nn.surgery.tap_activations`); ``layers`` restricts the penalty to the
+    named sites/modules or kinds.
     """
 
     def __init__(self, lam: float = 1e-4, layers: Optional[Sequence[str]] = None):
@@ -60,16 +63,9 @@ class L1Activation:
         self.layers = list(layers) if layers is not None else None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        names = self.layers or [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-        acts: list[torch.Tensor] = []
-        hooks = [model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, out: acts.append(out.flatten(1).abs().mean(dim=1).mean()) or None)
-            for n in names]
-        try:
+        with surgery.tap_activations(model) as tap:
             logits = model(x)
-        finally:
-            for h in hooks:
-                h.remove()
+        acts = [a.flatten(1).abs().mean(dim=1).mean() for a in tap.outputs(self.layers or "relu")]
         penalty = torch.stack(acts).sum() if acts else logits.new_zeros(())
         return F.cross_entropy(logits, y) + self.lam * penalty
 

@@ -1,12 +1,15 @@
 """Stochastic Activation Pruning as a post-hoc defense (Dhillon et al., ICLR 2018).
 
 ``sap(model, frac=1.0)`` returns a deep copy of ``model`` with a :class:`robustcompress.nn.sap.SAP`
-layer after every ``nn.ReLU`` (the paper: "we apply the method to the ReLU activation maps at each
-layer"; the original code puts it after every ReLU of a pre-activation ResNet-20, including the
-last one before global pooling). No fine-tuning. Each ReLU module is replaced by
-``nn.Sequential(relu, SAP(...))``, so the module tree shows the defense and the state dict keys are
-unchanged (SAP has no parameters or buffers): a checkpoint of the defended model loads into the
-base architecture plus :meth:`SAPDefense.structure`.
+layer after every ReLU *application* (the paper: "we apply the method to the ReLU activation maps
+at each layer"; the original code puts it after every ReLU of a pre-activation ResNet-20, including
+the last one before global pooling). No fine-tuning. Sites are found by
+:mod:`robustcompress.nn.surgery`: ``nn.ReLU``/``nn.ReLU6`` modules, a module used several times
+(one SAP per call), ``F.relu``/``torch.relu``/``x.relu()``; ``layers="activations"`` also covers
+GELU, SiLU, ... (SAP then samples by ``|h|``). Where each site is the only call of its module, the
+module is replaced by ``nn.Sequential(relu, SAP(...))``; otherwise the traced graph is rewritten.
+SAP has no parameters or buffers, so the state dict keys are unchanged: a checkpoint of the
+defended model loads into the base architecture plus :meth:`SAPDefense.structure`.
 
 Predictions of a SAP model are random; the evaluator averages ``mc_samples`` softmax outputs
 (:func:`robustcompress.attacks.mc_predict`; the paper uses 100) and attacks with EOT, because the
@@ -33,40 +36,20 @@ from torch import nn
 
 from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
 from robustcompress.errors import UserInputError
+from robustcompress.nn import surgery
 from robustcompress.nn.sap import METHODS, SAP
 
-Layers = Union[Literal["relu"], Sequence[str]]
+Layers = Union[Literal["relu", "activations"], Sequence[str]]
 
 
-def _targets(model: nn.Module, layers: Layers) -> list[str]:
-    """Names of the modules to put a layer after: every ``nn.ReLU`` or the given names."""
-    if isinstance(layers, str):
-        if layers != "relu":
-            raise UserInputError(f"layers={layers!r}: use 'relu' (after every ReLU) or a list of "
-                                 "module names (see `print(model)`)")
-        names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-        if not names:
-            raise UserInputError("the model has no nn.ReLU module to put the layer after; pass "
-                                 "layers=[module names] (functional relu cannot be found)")
-        return names
-    names = list(layers)
-    known = dict(model.named_modules())
-    missing = [n for n in names if n not in known or n == ""]
-    if missing:
-        raise UserInputError(f"no module named {missing} in the model; choose among "
-                             f"{[n for n in known if n][:40]}")
-    return names
-
-
-def insert_after(model: nn.Module, make: Callable[[str], nn.Module],
-                 layers: Layers = "relu") -> nn.Module:
-    """Replace each target module ``m`` (see ``layers``) by ``nn.Sequential(m, make(name))``,
-    in place, and return ``model``. ``layers="relu"`` targets every ``nn.ReLU`` instance."""
-    for name in _targets(model, layers):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, nn.Sequential(getattr(parent, child), make(name)))
-    return model
+def insert_after(model: nn.Module, make: Callable[[str], nn.Module], layers: Layers = "relu",
+                 example: Optional[torch.Tensor] = None) -> nn.Module:
+    """Put ``make(site name)`` after every selected activation application of ``model`` (in place
+    where the module tree allows it; see :func:`robustcompress.nn.surgery.insert_after`) and
+    return the rewritten model. ``layers``: ``"relu"`` (every ReLU/ReLU6 application: module,
+    reused module or ``F.relu``), ``"activations"`` (every activation) or a list of site/module
+    names. A site that cannot be rewritten raises :class:`~robustcompress.nn.surgery.SiteError`."""
+    return surgery.insert_after(model, lambda site: make(site.name), layers, example=example)
 
 
 def record(model: nn.Module, name: str, params: dict) -> nn.Module:
@@ -77,18 +60,22 @@ def record(model: nn.Module, name: str, params: dict) -> nn.Module:
 
 
 def sap(model: nn.Module, frac: float = 1.0, layers: Layers = "relu", method: str = "exact",
-        generator: Optional[torch.Generator] = None) -> nn.Module:
+        generator: Optional[torch.Generator] = None,
+        example: Optional[torch.Tensor] = None) -> nn.Module:
     """A deep copy of ``model`` with stochastic activation pruning after every ReLU.
 
     Parameters
     ----------
-    model : any ``nn.Module`` whose ReLUs are separate ``nn.ReLU`` modules (all zoo models).
+    model : any ``nn.Module`` (see :mod:`robustcompress.nn.surgery` for what is found).
     frac : draws per activation, ``r = int(frac * numel)`` per sample; 1.0 is SAP-100.
-    layers : ``"relu"`` or a list of module names to put SAP after (e.g. convs, as Athalye et
-        al.'s reimplementation does; SAP then uses ``|h|``).
+    layers : ``"relu"`` (every ReLU/ReLU6 application), ``"activations"`` (every activation), or
+        a list of site names (``robustcompress defenses inspect``) or module names to put SAP after
+        (e.g. convs, as Athalye et al.'s reimplementation does; SAP then uses ``|h|``).
     method : ``"exact"`` (default) or ``"bernoulli"`` (approximation), see :mod:`robustcompress.nn.sap`.
     generator : random source of every SAP layer (``None``: global RNG; the evaluator sets its
         own with :func:`robustcompress.nn.use_generator`).
+    example : a batch of inputs, needed only if the model does not trace with ``torch.fx`` and
+        was not built by the library (sites are then found by running it once).
 
     Returns
     -------
@@ -97,7 +84,7 @@ def sap(model: nn.Module, frac: float = 1.0, layers: Layers = "relu", method: st
     """
     if method not in METHODS:
         raise UserInputError(f"unknown SAP method {method!r}; choose one of {', '.join(METHODS)}")
-    out = insert_after(copy.deepcopy(model), lambda _: SAP(frac, method, generator), layers)
+    out = insert_after(copy.deepcopy(model), lambda _: SAP(frac, method, generator), layers, example)
     params = {"frac": float(frac), "layers": layers if isinstance(layers, str) else list(layers),
               "method": method}
     return record(out, "sap", params)
@@ -121,7 +108,7 @@ class SAPDefense(DefenseSpec):
 
     class Params(DefenseParams):
         frac: float = Field(1.0, gt=0, description="draws per activation; 1.0 = SAP-100")
-        layers: Union[Literal["relu"], list[str]] = "relu"
+        layers: Union[Literal["relu", "activations"], list[str]] = "relu"
         method: Literal["exact", "bernoulli"] = "exact"
 
     def apply(self, model: nn.Module, params: "SAPDefense.Params",

@@ -32,11 +32,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
-from robustcompress.defenses.sap import insert_after, record
+from robustcompress.defenses.sap import Layers, insert_after, record
 from robustcompress.nn.masks import MagnitudeMask, prunable_layers
 from robustcompress.nn.noise import ActivationNoise, TestTimeDropout, WeightNoise, topk_keep_mask
 
-Layers = Union[Literal["relu"], Sequence[str]]
 _PAPER = "Dhillon et al., ICLR 2018, App. B (baselines of Stochastic Activation Pruning)"
 
 
@@ -103,7 +102,7 @@ class _Baseline(DefenseSpec):
 
 
 class _ActParams(DefenseParams):
-    layers: Union[Literal["relu"], list[str]] = "relu"
+    layers: Union[Literal["relu", "activations"], list[str]] = "relu"
 
 
 class _WeightParams(DefenseParams):

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from robustcompress.nn import surgery
+
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -32,31 +34,23 @@ def weight_sparsity(model: nn.Module) -> dict[str, float]:
 
 def activation_sparsity(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
                         modules: Optional[list[str]] = None) -> dict[str, dict[str, float]]:
-    """Per ReLU: ``zero_frac`` (fraction of exact zeros) and ``l1_per_dim`` (mean ||a||_1 / dim).
-
-    Averaged over the samples of ``x``; ``modules`` restricts to named ReLUs.  The model's mode
-    is not changed (call ``model.eval()`` first for dropout/BN models).
-    """
-    names = modules or [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    sums = {n: [0.0, 0.0] for n in names}
-    count = [0]
-
-    def hook(name):
-        def fn(_m, _inp, out):
-            a = out.detach().flatten(1)
-            sums[name][0] += float((a == 0).float().mean(dim=1).sum())
-            sums[name][1] += float(a.abs().mean(dim=1).sum())
-        return fn
-
-    hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            for i in range(0, x.shape[0], batch_size):
-                xb = x[i:i + batch_size]
+    """Per ReLU application (site names of :mod:`robustcompress.nn.surgery`; a module used twice
+    gives two entries, ``F.relu`` counts): ``zero_frac`` (fraction of exact zeros) and
+    ``l1_per_dim`` (mean ||a||_1 / dim), averaged over the samples of ``x``; ``modules``
+    restricts to named sites/modules. The model's mode is not changed (call ``model.eval()``
+    first for dropout/BN models)."""
+    sums: dict[str, list[float]] = {}
+    count = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            with surgery.tap_activations(model) as tap:
                 model(xb)
-                count[0] += xb.shape[0]
-    finally:
-        for h in hooks:
-            h.remove()
-    n = max(count[0], 1)
+            for site, a in tap.records(modules or "relu"):
+                a = a.detach().flatten(1)
+                acc = sums.setdefault(site.name, [0.0, 0.0])
+                acc[0] += float((a == 0).float().mean(dim=1).sum())
+                acc[1] += float(a.abs().mean(dim=1).sum())
+            count += xb.shape[0]
+    n = max(count, 1)
     return {k: {"zero_frac": v[0] / n, "l1_per_dim": v[1] / n} for k, v in sums.items()}

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.fx
 from torch import nn
 
 from robustcompress.data.info import DatasetInfo
@@ -33,6 +34,11 @@ def check_input_shape(x: torch.Tensor, expected: tuple[int, ...], name: str) -> 
             f" but got {tuple(x.shape)}; build the model for this dataset (build_model(name, "
             "dataset.info)) or resize/crop the inputs"
         )
+
+
+# torch.fx records the check as one call instead of tracing into it, so zoo models trace
+# (robustcompress.nn.surgery) and the traced model still checks its input shape.
+torch.fx.wrap("check_input_shape")
 
 
 class ZooSequential(nn.Sequential):

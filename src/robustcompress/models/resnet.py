@@ -25,6 +25,8 @@ from robustcompress.errors import UserInputError
 from robustcompress.models.base import check_input_shape, normalize_for
 from robustcompress.models.registry import register_model
 
+torch.fx.wrap("check_input_shape")  # traced as one call (see models.base)
+
 
 class PadShortcut(nn.Module):
     """He et al.'s option A shortcut: subsample by ``stride`` and zero-pad the new channels.

@@ -81,18 +81,20 @@ class ActQuant(nn.Module):
 
 def replace_relus(model: nn.Module, bits: Optional[int], *, hi: float = 1.0,
                   learn_range: bool = False) -> nn.Module:
-    """Replace every ``nn.ReLU`` of ``model`` by its own :class:`ActQuant`, in place."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    if not names:
-        raise UserInputError(
-            "defensive quantization replaces nn.ReLU modules, but the model has none "
-            "(zoo models use one nn.ReLU instance per activation)"
-        )
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, ActQuant(bits, hi, learn_range))
-    return model
+    """Replace every ReLU application of ``model`` by its own :class:`ActQuant` (a module used
+    twice gets two; ``F.relu`` is rewritten in the traced graph, see
+    :mod:`robustcompress.nn.surgery`); returns the rewritten model. Other activations (ReLU6,
+    GELU, ...) are refused by name: DQ quantises ReLU outputs on ``[0, hi]``."""
+    from robustcompress.nn import surgery
+
+    report = surgery.find_sites(model)
+    other = [s.name for s in report.sites if s.kind != "relu"]
+    if other:
+        raise surgery.SiteError(
+            f"defensive quantization replaces ReLUs by quantised ReLUs on [0, hi], but these "
+            f"activations are not ReLUs and would change meaning: {other[:20]}"
+            f"{' ...' if len(other) > 20 else ''}; use a ReLU model or another defense")
+    return surgery.replace_sites(model, lambda _s: ActQuant(bits, hi, learn_range), "relu")
 
 
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
