@@ -9,6 +9,10 @@ Deviations (all can only make the attack stronger or cheaper, never weaker): per
 iterate over all steps and restarts is returned (a success beats a failure, then the larger loss),
 restarts run only on samples not yet fooled, and with ``early_stop`` a sample stops at its first
 success. (The clean input is not evaluated separately: that would cost one more forward pass.)
+The returned point is therefore, by default on a deterministic model, each sample's *first
+successful iterate*, not Madry et al.'s final point; for transfer or adversarial-training data
+pass ``early_stop=False``: every sample then runs all steps and restarts and gets the successful
+iterate of largest loss (never a smaller loss than the first success), else its largest-loss one.
 The L2 random start is uniform in the ball (Gaussian direction, radius ``eps U^(1/d)``).
 Random starts come from per-sample streams (:class:`~robustcompress.attacks.base.SampleNoise`), so
 results do not depend on the batch size.
@@ -61,7 +65,7 @@ def pgd(
     restarts : independent runs; each later run attacks only the samples not yet fooled.
     loss : ``"ce"``, ``"dlr"``, ``"cw"`` or ``callable(logits, y) -> [B]``.
     early_stop : stop a sample at its first success (default: True for deterministic models,
-        False for stochastic ones).
+        False for stochastic ones); ``False`` gives the full-strength point (see above).
     generator : random starts and the model's randomness (EOT, MC verdict) come from it.
     eot_samples, mc_samples : draws per gradient / for the final verdict (stochastic models).
     max_rows : most rows per forward when EOT draws are stacked (memory bound).
