@@ -47,6 +47,12 @@ from robustcompress.attacks.square import square  # noqa: F401,E402
 from robustcompress.attacks.checks import Flag, masking_checks  # noqa: F401,E402
 from robustcompress.attacks.adaptive import RobustnessReport, evaluate_robustness  # noqa: F401,E402
 
+# --- torchattacks/Foolbox-style objects over the functions above (docs/attacks-objects.md) ----
+from robustcompress.attacks.objects import (  # noqa: F401,E402
+    APGD, APGDT, BIM, CW, FGSM, MIFGSM, MIM, PGD, PGDL2, RFGSM, Attack, DeepFool, Square,
+    SweepResult, least_likely_targets, random_targets, run_attack_sweep,
+)
+
 # Like ``pgd`` above, every attack is exported as its function under its registry name, so
 # ``robustcompress.attacks.cw`` is the C&W-L2 function (the module stays importable by its path:
 # ``from robustcompress.attacks.cw import cw_l2_perturb``). Bound last so that no later submodule
@@ -54,6 +60,8 @@ from robustcompress.attacks.adaptive import RobustnessReport, evaluate_robustnes
 cw = cw_l2
 
 __all__ = [
+    "APGD", "APGDT", "Attack", "BIM", "CW", "DeepFool", "FGSM", "MIFGSM", "MIM", "PGD", "PGDL2",
+    "RFGSM", "Square", "SweepResult", "least_likely_targets", "random_targets", "run_attack_sweep",
     "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "ExpectationModel", "Flag",
     "RobustnessReport", "SampleNoise", "ThreatModel", "apgd", "apgd_t", "bim", "bim_paper_schedule",
     "cw", "cw_l2", "deepfool", "evaluate_robustness", "fgsm", "gaussian", "get_attack",
