@@ -1,7 +1,8 @@
 """CLI command ``attack``: run one registered attack on a checkpoint and report robust accuracy.
 
 Thin: parses options, builds the threat model from the checkpoint's dataset, calls
-:func:`robustcompress.attacks.run_attack`, prints a rich table and optionally writes JSON.
+:func:`robustcompress.attacks.run_attack_sweep` (one :func:`~robustcompress.attacks.run_attack`
+per eps, all from the same random draws), prints a rich table and optionally writes JSON.
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_eps_list(items: list[str]) -> list[str]:
+    """``["8/255,16/255", "0.1"]`` (repeated ``--eps`` flags, each a comma list) -> ``["8/255", "16/255", "0.1"]``."""
+    out = [e.strip() for item in items or [] for e in item.split(",") if e.strip()]
+    if not out:
+        raise UserInputError("--eps needs a value, e.g. --eps 8/255 or --eps 2/255,8/255")
+    return out
+
+
 def attack_cmd(
     checkpoint: str = typer.Option(..., help="Checkpoint written by `train` (run folder or its model.json)."),
     attack: str = typer.Option("pgd", help="Attack name: fgsm, bim, pgd, mim, rfgsm, apgd, apgd-t, "
                                "transfer, gaussian, uniform, ... (see `robustcompress attacks`)."),
-    eps: str = typer.Option(..., help="Budget in input units (0.03, 8/255), or on the --eps-scale scale."),
+    eps: list[str] = typer.Option(..., help="Budget in input units (0.03, 8/255), or on the --eps-scale "
+                                  "scale; several (--eps 2/255,8/255 or repeated) print one row per eps."),
     eps_scale: Optional[float] = typer.Option(None, help="Give --eps on a 0..S scale of the box, e.g. 255."),
     norm: str = typer.Option("linf", help="linf | l2."),
     steps: Optional[int] = typer.Option(None, help="Iterations (iterative attacks)."),
@@ -56,20 +66,24 @@ def attack_cmd(
     seed: int = typer.Option(0, help="Seed of every random choice (random starts, model noise)."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    out: Optional[str] = typer.Option(None, "--out", help="Also write the results to this JSON file."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the results to this JSON file "
+                                      "(with several --eps: a list, one record per eps)."),
 ) -> None:
     """Attack a checkpoint and print clean accuracy, robust accuracy and perturbation sizes.
 
     Example: robustcompress attack --checkpoint runs/lenet5 --attack pgd --eps 0.3 --steps 40
 
     Example: robustcompress attack --checkpoint runs/resnet20 --attack apgd --eps 8 --eps-scale 255
+
+    Example: robustcompress attack --checkpoint runs/lenet5 --attack pgd --eps 2/255,8/255,16/255
     """
     import torch
 
-    from robustcompress.attacks import ThreatModel, get_attack, mc_predict, run_attack
+    from robustcompress.attacks import ThreatModel, get_attack, mc_predict, run_attack_sweep
     from robustcompress.device import resolve_device
 
     spec = get_attack(attack)
+    budgets = parse_eps_list(eps)
     params = parse_params(param)
     for key, value in (("steps", steps), ("step_size", step_size), ("restarts", restarts), ("loss", loss)):
         if value is not None:
@@ -84,31 +98,41 @@ def attack_cmd(
         params["surrogate"] = _load_model_and_data(surrogate, data_dir, 1, dev, info=info)[0]
     elif surrogate is not None:
         raise UserInputError("--surrogate only applies to --attack transfer")
-    threat = ThreatModel.from_spec(norm, eps, info, eps_scale=eps_scale)
+    threats = [ThreatModel.from_spec(norm, e, info, eps_scale=eps_scale) for e in budgets]
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
         clean = mc_predict(model, x, mc_samples=mc, generator=gen, batch_size=batch_size).argmax(1) == y
-    res = run_attack(spec.name, model, x, y, threat, generator=gen, eot_samples=eot, mc_samples=mc,
-                     batch_size=batch_size, **params)
+    sweep = run_attack_sweep(spec.name, model, x, y, threats[0], [t.eps for t in threats], generator=gen,
+                             eot_samples=eot, mc_samples=mc, batch_size=batch_size, **params)
+    head = {"checkpoint": str(checkpoint), "dataset": info.name, "attack": spec.name}
+    reports = [_report(head, t, e, eps_scale, seed, clean, sweep[t.eps]) for t, e in zip(threats, budgets)]
+    if len(reports) == 1:
+        _print(reports[0])
+    else:
+        _print_rows(reports)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = reports[0] if len(reports) == 1 else reports
+        path.write_text(json.dumps(doc, indent=2, default=str))
+        typer.echo(f"wrote {path}")
+
+
+def _report(head: dict, threat, spec: str, eps_scale: Optional[float], seed: int, clean, res) -> dict:
+    """The JSON/table record of one eps: threat, clean and robust accuracy, norms, parameters."""
+    from torch import nn
+
     summary = res.summary()
-    summary["params"] = {k: v for k, v in summary["params"].items() if not isinstance(v, torch.nn.Module)}
-    report = {
-        "checkpoint": str(checkpoint),
-        "dataset": info.name,
-        "attack": spec.name,
+    summary["params"] = {k: v for k, v in summary["params"].items() if not isinstance(v, nn.Module)}
+    return {
+        **head,
         "threat": {"norm": threat.norm, "eps": threat.eps, "eps_255": threat.eps_255,
-                   "bounds": list(threat.bounds), "spec": eps, "eps_scale": eps_scale},
+                   "bounds": list(threat.bounds), "spec": spec, "eps_scale": eps_scale},
         "seed": seed,
         "clean_accuracy": float(clean.double().mean()),
         **{k: v for k, v in summary.items() if k != "attack"},
         "robust_and_clean": float((clean & ~res.success).double().mean()),
     }
-    _print(report)
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, default=str))
-        typer.echo(f"wrote {path}")
 
 
 def _load_model_and_data(checkpoint: str, data_dir: Optional[str], n: int, dev, info=None):
@@ -165,6 +189,27 @@ def _print(report: dict) -> None:
     for k, v in rows:
         t.add_row(k, _fmt(v))
     Console().print(t)
+
+
+def _print_rows(reports: list[dict]) -> None:
+    """One row per eps (several ``--eps`` values)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    first = reports[0]
+    t = Table(title=f"{first['attack']} on {first['dataset']} ({first['n']} samples), "
+                    f"{first['threat']['norm']}, clean accuracy {first['clean_accuracy']:.4f}")
+    for name in ("eps", "x/255", "robust acc", "fooled any", "mean norm", "median norm", "time s"):
+        t.add_column(name, justify="right")
+    for r in reports:
+        t.add_row(f"{r['threat']['eps']:.5g}", f"{r['threat']['eps_255']:.3g}", _fmt(r["robust_accuracy"]),
+                  _fmt(r["fooled_any_rate"]), _fmt(r["norm_mean"]), _fmt(r["norm_median"]),
+                  _fmt(r["time_s"]))
+    Console().print(t)
+    same = {k: v for k, v in first["params"].items() if all(r["params"].get(k) == v for r in reports)}
+    varying = [k for k in first["params"] if k not in same]
+    typer.echo("parameters: " + ", ".join([f"{k}={v}" for k, v in same.items()]
+                                          + [f"{k} per eps (see --out)" for k in varying]))
 
 
 def attacks_cmd() -> None:
