@@ -87,7 +87,7 @@ def test_set_theta_and_errors(lenet):
         set_theta(t, 1.5)
     with pytest.raises(UserInputError, match="no Tucker layer"):
         set_theta(lenet, 0.5)
-    with pytest.raises(UserInputError, match="no eligible layer"):
+    with pytest.raises(UserInputError, match="no layer to convert"):
         tensorize(nn.Sequential(nn.ReLU()))
 
 

@@ -27,7 +27,8 @@ Deviations and choices (the paper leaves them open; all configurable)
   is a fraction of *each* dimension (spatial modes full), an int an absolute rank (``rank=1`` is
   rank ONE, not full rank).
 * Layers recognised by exact type through :data:`HANDLERS` (Torch-Pruning style registry); grouped /
-  depthwise convs and non-zero padding modes are left dense.
+  depthwise convs, non-zero padding modes and functional weight ops are left dense, with a warning
+  naming each one (:func:`tensorize_plan` lists them and why).
 * Binary layers carry XNOR-Net's BatchNorm before ``sign`` (our zoo feeds convs with ReLU outputs).
 """
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -48,6 +50,7 @@ from robustcompress.defenses.base import (
     register_defense,
 )
 from robustcompress.errors import UserInputError
+from robustcompress.nn import surgery
 from robustcompress.nn.sketch import check_sketch_args
 from robustcompress.nn.tucker import RankSpec, TuckerConv1d, TuckerConv2d, TuckerLinear, _TuckerBase
 from robustcompress.nn.xnor import XNORConv1d, XNORConv2d, XNORLinear
@@ -103,23 +106,39 @@ _XNOR = {nn.Conv2d: XNORConv2d.from_conv, nn.Conv1d: XNORConv1d.from_conv,
          nn.Linear: XNORLinear.from_linear}
 
 
-def _eligible(m: nn.Module, handlers) -> bool:
+def _why_dense(m: nn.Module, handlers) -> str:
+    """"" if ``handlers`` can convert ``m``, else why it stays dense."""
     if type(m) not in handlers:
-        return False
+        return f"{type(m).__name__} has no converter (pass handlers={{type: converter}})"
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        return m.groups == 1 and m.padding_mode == "zeros"
-    return True
+        if m.groups != 1:
+            return (f"grouped conv (groups={m.groups}{', depthwise' if m.groups == m.in_channels else ''})"
+                    ": a Tucker core over channel groups is not implemented")
+        if m.padding_mode != "zeros":
+            return f"padding_mode={m.padding_mode!r} (only zero padding is factorized)"
+    return ""
 
 
 def eligible_layers(model: nn.Module, handlers: Optional[dict] = None) -> list[str]:
     """Names (in module order) of the layers :func:`tensorize` can convert."""
     handlers = HANDLERS if handlers is None else handlers
-    return [n for n, m in model.named_modules() if n and _eligible(m, handlers)]
+    return [n for n, m in model.named_modules()
+            if n and isinstance(m, surgery.LAYER_TYPES) and not _why_dense(m, handlers)]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+def tensorize_plan(model: nn.Module, keep_first_last: bool = True,
+                   handlers: Optional[dict] = None) -> tuple[list[str], dict[str, str]]:
+    """``(converted layers, {dense layer: reason})`` for every conv/linear module and every
+    functional weight op of ``model``: what :func:`tensorize` converts and what it leaves dense."""
+    handlers = HANDLERS if handlers is None else handlers
+    names = eligible_layers(model, handlers)
+    ends = {names[0], names[-1]} if (names and keep_first_last) else set()
+    dense = {s.name: _why_dense(model.get_submodule(s.name), handlers)
+             for s in surgery.layer_sites(model) if s.name not in names}
+    dense.update({n: "first/last eligible layer kept dense (keep_first_last)" for n in ends})
+    for f in surgery.functional_layers(model) or []:
+        dense[f] = "functional weight op (F.conv/F.linear), not a module: cannot be converted"
+    return [n for n in names if n not in ends], dense
 
 
 def _record(model: nn.Module, name: str, params: dict) -> None:
@@ -165,22 +184,31 @@ def tensorize(model: nn.Module, rank: RankSpec = 1.0, theta: float = 1.0, *,
                             granularity=granularity, execution=execution, init=init,
                             n_iter=n_iter, generator=generator, init_generator=init_generator)
     out = copy.deepcopy(model)
-    names = eligible_layers(out, handlers)
-    if not names:
+    convert, dense = tensorize_plan(out, keep_first_last, handlers)
+    if not convert:
         raise UserInputError(
-            "tensorize found no eligible layer (plain nn.Conv1d/nn.Conv2d with groups=1 or "
-            "nn.Linear); pass handlers={YourLayer: converter} for custom layers")
-    ends = {names[0], names[-1]}
-    for name in names:
-        if keep_first_last and name in ends:
-            continue
+            "tensorize found no layer to convert (plain nn.Conv1d/nn.Conv2d with groups=1 or "
+            f"nn.Linear, first/last kept: {keep_first_last}); left dense: {dense}; pass "
+            "handlers={YourLayer: converter} for custom layers")
+    _warn_dense(dense)
+    eligible = eligible_layers(out, handlers)
+    first_last = {eligible[0], eligible[-1]}  # binary nets keep them real in any case
+    for name in convert:
         layer = out.get_submodule(name)
-        _replace(out, name, handlers[type(layer)](layer, opts, binary and name not in ends))
+        surgery.replace_module(out, name, handlers[type(layer)](layer, opts, binary and name not in first_last))
     _record(out, "tensorization", dict(
         rank=list(rank) if isinstance(rank, (list, tuple)) else rank, theta=theta,
         modes=list(modes_t) if modes_t is not None else None, keep_first_last=keep_first_last,
         binary=binary, execution=execution, granularity=granularity, rescale=rescale, init=init))
     return out
+
+
+def _warn_dense(dense: dict[str, str]) -> None:
+    """Say which layers stay dense, other than the first/last kept on purpose (never silent)."""
+    other = {n: r for n, r in dense.items() if not r.startswith("first/last")}
+    if other:
+        warnings.warn("tensorize leaves these layers dense: " + "; ".join(
+            f"{n}: {r}" for n, r in other.items()), stacklevel=3)
 
 
 def binarize(model: nn.Module, *, keep_first_last: bool = True, norm: bool = True) -> nn.Module:
@@ -193,7 +221,7 @@ def binarize(model: nn.Module, *, keep_first_last: bool = True, norm: bool = Tru
     for name in names:
         if name not in ends:
             layer = out.get_submodule(name)
-            _replace(out, name, _XNOR[type(layer)](layer, norm=norm))
+            surgery.replace_module(out, name, _XNOR[type(layer)](layer, norm=norm))
     _record(out, "xnor", dict(keep_first_last=keep_first_last, norm=norm))
     return out
 
