@@ -6,23 +6,16 @@
 An object only holds the arguments of :func:`~robustcompress.attacks.registry.run_attack`, which
 does the work: under the same seed an object and the function give the same result bit for bit.
 
-Differences from torchattacks (deliberate):
-
-* eps is in input units of the declared box ``bounds`` (default ``(0, 1)``), checked by
-  :class:`~robustcompress.attacks.threat.ThreatModel` (``eps=8`` on ``[0, 1]`` is refused;
-  ``eps_scale=255`` gives it on the 0-255 scale). Normalisation belongs inside the model.
-* the model's train/eval mode is left alone (torchattacks switches to eval); ``run_attack``
-  warns when BatchNorm layers are in training mode.
-* randomness comes from ``seed=`` (the object's own ``torch.Generator``) or ``generator=``, never
-  from the global RNG when either is given.
-* iterative attacks return per sample their best iterate and stop a sample at its first success;
-  ``early_stop=False`` gives the full-strength point (see :func:`~robustcompress.attacks.pgd.pgd`).
+Deliberate differences from torchattacks (docs/attacks-objects.md): eps is in input units of
+``bounds`` and checked by :class:`~robustcompress.attacks.threat.ThreatModel`; the model's mode is
+left alone; randomness comes from ``seed=``/``generator=``; iterative attacks return the first
+successful iterate unless ``early_stop=False`` (see :func:`~robustcompress.attacks.pgd.pgd`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from dataclasses import replace
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -66,31 +59,16 @@ def least_likely_targets(model: nn.Module, x: torch.Tensor, *, mc_samples: Optio
 
 
 # ---------------------------------------------------------------------------- eps sweeps
-@dataclass
-class SweepResult:
-    """One :class:`AttackResult` per budget, keyed by eps in input units (in the order given)."""
-
-    results: dict[float, AttackResult]
-
-    def __getitem__(self, eps: float) -> AttackResult:
-        return self.results[float(eps)]
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def items(self):
-        return self.results.items()
+class SweepResult(dict):
+    """A dict eps (input units, in the order given) -> :class:`AttackResult`."""
 
     @property
     def robust_accuracy(self) -> dict[float, float]:
-        return {eps: r.robust_accuracy for eps, r in self.results.items()}
+        return {eps: r.robust_accuracy for eps, r in self.items()}
 
     def summary(self) -> list[dict]:
         """One :meth:`AttackResult.summary` row per budget, with its ``eps``."""
-        return [{"eps": eps, **r.summary()} for eps, r in self.results.items()]
+        return [{"eps": eps, **r.summary()} for eps, r in self.items()]
 
 
 def run_attack_sweep(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -203,7 +181,7 @@ class Attack:
         budgets = [self._threat(e).eps for e in eps]
         out = run_attack_sweep(self.spec.name, self.model, x, labels, threat, budgets,
                                generator=gen, **self.options, **self.params)
-        for res in out.results.values():
+        for res in out.values():
             self._mark(res, threat, labels)
         return out
 
