@@ -420,6 +420,13 @@ def pruned_structure(model: nn.Module, kept_channels: dict[str, int], example: t
 
 
 # ============================================================================ training entry point
+def place_masks(model: nn.Module, where: str = "outputs") -> nn.Module:
+    """A deep copy of ``model`` with untrained Beta-Bernoulli channel masks placed (step 2 of
+    :func:`anp_vs`; no data needed): after every conv and every linear layer but the classifier
+    (:func:`~robustcompress.nn.beta_bernoulli.maskable_layers`). :func:`anp_vs` trains them."""
+    return add_bb_masks(copy.deepcopy(model), where)
+
+
 def anp_vs(
     model: nn.Module,
     dataset,
@@ -456,7 +463,7 @@ def anp_vs(
     from robustcompress.training.objectives import ANPVS
 
     threat = ThreatModel.from_spec(norm, eps, dataset.info)
-    net = add_bb_masks(copy.deepcopy(model), where)
+    net = place_masks(model, where)
     obj = ANPVS(threat, len(dataset.train), beta=beta, lam=lam, adv_weight=adv_weight, steps=steps,
                 step_size=step_size, mask_lr=mask_lr, weight_lr=weight_lr, generator=generator)
     if fit_fn is not None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
+from robustcompress.nn import surgery
 
 #: Defaults of the original code.
 B_UC_INIT = 0.5413
@@ -204,10 +205,13 @@ MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 def maskable_layers(model: nn.Module) -> list[str]:
-    """Names of the conv/linear layers that get an output mask: all but the last linear layer
-    (the classifier), in module order."""
-    names = [n for n, m in model.named_modules() if isinstance(m, MASKABLE)]
-    linears = [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]
+    """Names of the conv/linear layers that get an output mask: all but the classifier, in
+    module order. The classifier is the last ``nn.Linear`` *called* (torch.fx order) when the
+    model traces, else the last one registered (a ViT's head may be registered before its
+    blocks)."""
+    names = [s.name for s in surgery.layer_sites(model, MASKABLE)]
+    called = surgery.call_order(model, nn.Linear)
+    linears = called if called else [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]
     if linears:
         names.remove(linears[-1])
     return names
@@ -262,13 +266,8 @@ def add_bb_masks(
         mask = BetaBernoulliMask(
             _out_channels(layer), a0, alpha=alpha, temperature=temperature, threshold=threshold
         ).to(device=w.device, dtype=w.dtype)
-        _set_submodule(model, name, nn.Sequential(layer, mask))
+        surgery.replace_module(model, name, nn.Sequential(layer, mask))
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def bb_masks(model: nn.Module) -> Iterator[tuple[str, BetaBernoulliMask]]:

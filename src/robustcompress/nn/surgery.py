@@ -455,6 +455,19 @@ def layer_sites(model: nn.Module, types: tuple = LAYER_TYPES) -> list[LayerSite]
             for n, m in model.named_modules() if n and isinstance(m, types)]
 
 
+def call_order(model: nn.Module, types: tuple = LAYER_TYPES) -> Optional[list[str]]:
+    """Modules of ``types`` in the order the traced forward calls them (``None`` if the model
+    does not trace)."""
+    try:
+        gm = trace(model)
+    except Exception:
+        return None
+    mods = dict(gm.named_modules())
+    order = [n.target for n in gm.graph.nodes
+             if n.op == "call_module" and isinstance(mods[n.target], types)]
+    return list(dict.fromkeys(order))
+
+
 def functional_layers(model: nn.Module) -> Optional[list[str]]:
     """Weight ops called as functions (``F.conv2d(x, self.w)``): no module defense can convert
     them. ``None`` when the model does not trace (then they cannot be seen)."""
