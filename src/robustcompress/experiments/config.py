@@ -37,25 +37,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustcompress.errors import ConfigError
+from robustcompress.experiments.config_sources import (  # noqa: F401  (part of this schema)
+    DatasetSection,
+    InputSection,
+    ModelSection,
+    _Strict,
+    check_sources,
+    dataset_bounds,
+    resolve_paths,
+)
 
 EpsValue = Union[float, str]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DatasetSection(_Strict):
-    name: str = "digits"
-    data_dir: Optional[str] = None
-    train_limit: Optional[int] = Field(default=None, ge=1)
-    test_limit: Optional[int] = Field(default=None, ge=1)
-
-
-class ModelSection(_Strict):
-    name: str = "lenet5"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: Optional[str] = None  # start from a trained checkpoint instead of training
 
 
 class DefenseSection(_Strict):
@@ -229,20 +221,26 @@ def _format_errors(err: ValidationError, root: Optional[yaml.Node], source: str)
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def parse_config(data: dict, *, source: str = "<config>", root_node: Optional[yaml.Node] = None) -> ExperimentConfig:
-    """Validate a config dict; raise one :class:`ConfigError` listing every problem."""
+def parse_config(data: dict, *, source: str = "<config>", root_node: Optional[yaml.Node] = None,
+                 base_dir: Optional[str | Path] = None) -> ExperimentConfig:
+    """Validate a config dict; raise one :class:`ConfigError` listing every problem.
+
+    Relative file paths of the config (``model.factory`` files, ``model.weights``,
+    ``dataset.path``) are made absolute against ``base_dir`` (the config's folder when loaded
+    from a file; default: the current folder)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys (name, dataset, model, ...)")
     try:
         cfg = ExperimentConfig(**data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, root_node, source)) from None
+    cfg = resolve_paths(cfg, Path(base_dir) if base_dir is not None else Path.cwd())
     _check_registries(cfg, source, root_node)
     return cfg
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (relative paths inside start at its folder)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist; ready configs are in configs/ "
@@ -253,7 +251,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    cfg = parse_config(data or {}, source=str(path), root_node=root)
+    cfg = parse_config(data or {}, source=str(path), root_node=root, base_dir=path.resolve().parent)
     if cfg.output_dir is None:
         cfg = cfg.model_copy(update={"output_dir": str(Path("runs") / cfg.name)})
     return cfg
@@ -310,7 +308,8 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
     from robustcompress.models import list_models
 
     models = list_models()
-    if cfg.model.name not in models:
+    problems += check_sources(cfg, where)
+    if cfg.model.factory is None and cfg.model.name not in models:
         problems.append(f"{where(('model', 'name'))}: model.name: unknown model {cfg.model.name!r}; "
                         f"choose one of {', '.join(models)}")
     defenses = list_defenses()
@@ -387,7 +386,7 @@ def _check_eps_units(cfg: ExperimentConfig, source: str, where) -> list[str]:
 
     if cfg.dataset.name not in DATASETS:  # reported elsewhere
         return []
-    bounds = DATASETS[cfg.dataset.name].bounds
+    bounds = dataset_bounds(cfg)
     from robustcompress.attacks import ThreatModel
     from robustcompress.errors import UserInputError
 

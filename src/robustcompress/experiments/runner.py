@@ -38,6 +38,7 @@ from robustcompress.experiments.config import (
     variant_label,
 )
 from robustcompress.experiments.config import eps_label as format_eps_label
+from robustcompress.experiments.config_sources import build_base, file_digest, key_dict
 from robustcompress.experiments.store import ResultRow, ResultsStore
 
 BASE = "base"
@@ -131,7 +132,10 @@ class Runner:
 
     def base_key(self) -> str:
         c = self.cfg
-        return stable_hash([c.dataset.model_dump(), c.model.model_dump(), c.training, c.seed])
+        parts = [key_dict(c.dataset), key_dict(c.model), c.training, c.seed]
+        if c.model.weights:  # replaced weights under the same path are another base model
+            parts.append(file_digest(c.model.weights))
+        return stable_hash(parts)
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
@@ -141,8 +145,8 @@ class Runner:
         (self.out / "config.json").write_text(json.dumps(self.cfg.model_dump(mode="json"), indent=2))
         t0 = time.perf_counter()
         ds = self.cfg.dataset
-        self.dataset = load_dataset(ds.name, ds.data_dir, train_limit=ds.train_limit,
-                                    test_limit=ds.test_limit)
+        self.dataset = load_dataset(ds.name, ds.path or ds.data_dir, train_limit=ds.train_limit,
+                                    test_limit=ds.test_limit, **ds.loader_options())
         self._timed("data", t0)
         store = ResultsStore(self.out / "results.db")
         try:
@@ -195,21 +199,26 @@ class Runner:
         return variants
 
     def train_base(self) -> nn.Module:
-        from robustcompress.models import build_model
+        """The trained base: a checkpoint (``model.checkpoint``) or a factory model with weights
+        as they are (unless ``model.fine_tune``); otherwise trained with ``training``, resumable."""
         from robustcompress.training import TrainConfig, fit, load_checkpoint, save_checkpoint
 
         cfg = self.cfg
         if cfg.model.checkpoint:
             return load_checkpoint(cfg.model.checkpoint, device=self.device)
+        if cfg.model.weights and not cfg.model.fine_tune:
+            self.log(f"[load] base {cfg.model.factory} with weights {cfg.model.weights}")
+            return build_base(cfg.model, self.dataset.info).to(self.device).eval()
         path = self._ckpt(self.base_key(), BASE)
         if dist_util.agreed(path.with_suffix(".json").exists()):
             self.units_skipped += 1
             self.log("[skip] base model already trained")
             return load_checkpoint(path, device=self.device)
         torch.manual_seed(cfg.seed)  # weight init of the fresh model (documented: the only global seeding)
-        model = build_model(cfg.model.name, self.dataset.info, **cfg.model.kwargs)
+        model = build_base(cfg.model, self.dataset.info)
         tcfg = TrainConfig(**{"seed": cfg.seed, **cfg.training})
-        self.log(f"[train] base {cfg.model.name} on {cfg.dataset.name} for {tcfg.epochs} epoch(s)")
+        self.log(f"[train] base {cfg.model.factory or cfg.model.name} on {cfg.dataset.name} for "
+                 f"{tcfg.epochs} epoch(s)")
         res = fit(model, self.dataset, tcfg, checkpoint_dir=self.out / "train" / f"base-{self.base_key()}",
                   device=self.device, progress=self.progress and self.rank == 0,
                   distributed=tcfg.data_parallel is True)  # replicated unless asked: exact results
