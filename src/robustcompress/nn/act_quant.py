@@ -90,9 +90,10 @@ def replace_relus(model: nn.Module, bits: Optional[int], *, hi: float = 1.0,
     report = surgery.find_sites(model)
     other = [s.name for s in report.sites if s.kind != "relu"]
     if other:
+        kinds = sorted({s.kind for s in report.sites if s.kind != "relu"})
         raise surgery.SiteError(
             f"defensive quantization replaces ReLUs by quantised ReLUs on [0, hi], but these "
-            f"activations are not ReLUs and would change meaning: {other[:20]}"
+            f"activations are not ReLUs ({', '.join(kinds)}) and would change meaning: {other[:20]}"
             f"{' ...' if len(other) > 20 else ''}; use a ReLU model or another defense")
     return surgery.replace_sites(model, lambda _s: ActQuant(bits, hi, learn_range), "relu")
 

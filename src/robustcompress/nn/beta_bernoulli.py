@@ -140,6 +140,8 @@ class BetaBernoulliMask(nn.Module):
     Parameters
     ----------
     num_channels : number of channels / units masked (dim 1 of the input).
+    channel_dim : 1 (conv maps, ``[B, C, ...]``) or -1 (a Linear's output, ``[B, ..., C]``, e.g.
+        transformer tokens).
     a_uc_init : unconstrained init of ``a`` (2.0 for conv, -1.0 for linear in the code).
     b_uc_init, alpha, temperature, threshold : see the module docstring.
     """
@@ -155,8 +157,12 @@ class BetaBernoulliMask(nn.Module):
         alpha: float = PRIOR_ALPHA,
         temperature: float = TEMPERATURE,
         threshold: float = THRESHOLD,
+        channel_dim: int = 1,
     ):
         super().__init__()
+        if channel_dim not in (1, -1):
+            raise UserInputError(f"channel_dim must be 1 (conv maps) or -1 (features last), got {channel_dim}")
+        self.channel_dim = channel_dim
         self.a_uc = nn.Parameter(torch.full((num_channels,), float(a_uc_init)))
         self.b_uc = nn.Parameter(torch.full((num_channels,), float(b_uc_init)))
         self.alpha = float(alpha)
@@ -194,6 +200,8 @@ class BetaBernoulliMask(nn.Module):
             self.a_uc, self.b_uc, x.shape[0], stochastic=self.stochastic,
             temperature=self.temperature, threshold=self.threshold, generator=self.generator,
         ).to(x.dtype)
+        if self.channel_dim == -1:  # a Linear's features are last: [B, ..., C] (tokens)
+            return x * z.view(z.shape[:1] + (1,) * (x.dim() - 2) + z.shape[1:])
         return x * z.view(z.shape + (1,) * (x.dim() - 2))
 
     def extra_repr(self) -> str:
@@ -264,7 +272,8 @@ def add_bb_masks(
         a0 = LINEAR_A_UC_INIT if isinstance(layer, nn.Linear) else CONV_A_UC_INIT
         w = layer.weight
         mask = BetaBernoulliMask(
-            _out_channels(layer), a0, alpha=alpha, temperature=temperature, threshold=threshold
+            _out_channels(layer), a0, alpha=alpha, temperature=temperature, threshold=threshold,
+            channel_dim=-1 if isinstance(layer, nn.Linear) else 1,
         ).to(device=w.device, dtype=w.dtype)
         surgery.replace_module(model, name, nn.Sequential(layer, mask))
     return model
