@@ -197,7 +197,8 @@ def evaluate_cmd(
     s = confusion_summary(cm, info.class_names, top=top)
     from rich.table import Table
 
-    _console().print(f"{doc['spec']['model']} on {info.name} {split} ({s['n']} samples): "
+    name = doc["spec"].get("model") or doc["spec"].get("factory")  # zoo name or a user's factory
+    _console().print(f"{name} on {info.name} {split} ({s['n']} samples): "
                      f"accuracy [bold]{s['accuracy']:.4f}[/bold]")
     t = Table()
     t.add_column("class")

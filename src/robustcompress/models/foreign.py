@@ -158,9 +158,10 @@ def _read_state(path: Path) -> Any:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            what = f"e.g. {found.group(1)}" if found else "objects besides tensors"
             raise DataError(f"weights {path} are not a plain state dict: the file holds Python objects "
-                            f"that are only loaded by full unpickling, which runs code ({first}); "
+                            f"({what}) that only full unpickling loads, which can run code; "
                             "re-save it with torch.save(model.state_dict(), path)") from None
         except Exception as e:  # noqa: BLE001 - truncated/corrupt files
             raise DataError(f"weights {path} are unreadable ({type(e).__name__}: {e}); re-save them "
