@@ -128,12 +128,12 @@ def test_tensorize_converts_or_reports_every_layer(name):
     c = COUNTS[name]
     convert, dense = tensorize_plan(model)
     assert len(convert) + len(dense) == c["convs"] + c["linears"]
-    grouped = [n for n, r in dense.items() if r.startswith("grouped conv")]
+    grouped = [n for n, r in dense.items() if r.startswith("grouped/depthwise conv")]
     assert len(grouped) == c["grouped_convs"]
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         t = tensorize(model, rank=1.0, theta=1.0).eval()
-    assert bool(grouped) == any("grouped conv" in str(x.message) for x in w)
+    assert bool(grouped) == any("grouped/depthwise conv" in str(x.message) for x in w)
     with torch.no_grad():  # full rank, no sketch: the dense function
         torch.testing.assert_close(t(X), model(X), rtol=1e-3, atol=1e-4)
 
@@ -206,3 +206,28 @@ def test_adaptive_evaluation_runs_on_a_defended_foreign_model():
                               generator=torch.Generator().manual_seed(0), progress=False)
     assert rep.n == 2 and rep.settings["eot_samples"] == 2  # randomness seen: EOT used
     assert 0.0 <= rep.robust_accuracy <= rep.clean_accuracy <= 1.0
+
+
+def test_coverage_report_and_inspect_cli(tmp_path, capsys):
+    from robustcompress.cli import main
+    from robustcompress.data.info import DatasetInfo
+    from robustcompress.defenses.base import coverage_report
+    from robustcompress.models import build_foreign
+    from robustcompress.training import save_checkpoint
+
+    info = DatasetInfo("cifar10", (3, 32, 32), 10, tuple(map(str, range(10))),
+                       mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    factory = f"{__file__.rsplit('/', 1)[0]}/replicas.py:resnet18"
+    model = build_foreign(factory, info, kwargs={"width": 8, "functional_stem": True},
+                          bounds=(0.0, 1.0), mean=info.mean, std=info.std)
+    cov = {c.method: c for c in coverage_report(model)}
+    assert len(cov["sap"].sites) == 17 and sum(":F.relu" in s for s in cov["sap"].sites) == 1
+    assert len(cov["tensorization"].sites) + len(cov["tensorization"].left) == 21
+    assert len(cov["prune"].sites) == 21 and len(cov["anp_vs"].sites) == 20
+    assert not any(c.error for c in cov.values())
+    save_checkpoint(model, tmp_path / "mine")
+    assert main(["defenses", "inspect", "--checkpoint", str(tmp_path / "mine"), "--method", "sap",
+                 "--sites"]) == 0
+    out = capsys.readouterr().out
+    assert "sap: activation applications (relu): covers 17" in out and "layer1.0.relu#2" in out
+    assert main(["defenses", "inspect", "--checkpoint", str(tmp_path / "mine"), "--method", "nope"]) == 2

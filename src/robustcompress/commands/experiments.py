@@ -37,11 +37,20 @@ def register(app: typer.Typer) -> None:
     config_app.command("list")(config_list)
     app.add_typer(config_app, name="config")
     app.command("results")(results)
-    app.command("defenses")(defenses)
+    defenses_app = typer.Typer(help="The registered defenses, and what each would touch in a model.",
+                               invoke_without_command=True)
+    defenses_app.callback()(defenses)
+    defenses_app.command("inspect")(defenses_inspect)
+    app.add_typer(defenses_app, name="defenses")
 
 
-def defenses() -> None:
-    """List the registered defenses (the `method:` of a config), their paper and parameters."""
+def defenses(ctx: typer.Context) -> None:
+    """List the registered defenses (the `method:` of a config), their paper and parameters.
+
+    `robustcompress defenses inspect --checkpoint DIR` shows the sites each one would touch.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -54,6 +63,32 @@ def defenses() -> None:
         params = ", ".join(f"{k}={f.default!r}" for k, f in spec.Params.model_fields.items())
         table.add_row(name, spec.paper, params)
     Console().print(table)
+
+
+def defenses_inspect(
+    checkpoint: str = typer.Option(..., help="A checkpoint (from `train`, `run` or `import-model` "
+                                   "for your own model)."),
+    method: Optional[str] = typer.Option(None, help="Only this defense (default: all)."),
+    sites: bool = typer.Option(False, "--sites", help="List every site by name, not only counts."),
+) -> None:
+    """Show which sites each defense would touch in a model, and what it leaves and why.
+
+    Activation sites are every application (a ReLU module used twice is two sites; F.relu and
+    x.relu() count); layer sites are conv (incl. grouped/depthwise) and linear modules. A defense
+    that cannot cover the model says so here instead of skipping parts of it.
+
+    Example: robustcompress defenses inspect --checkpoint runs/mine --method sap --sites
+    """
+    from robustcompress.defenses.base import coverage_report, describe_coverage
+    from robustcompress.errors import UserInputError
+    from robustcompress.training import load_checkpoint
+
+    report = coverage_report(load_checkpoint(checkpoint))
+    if method is not None:
+        report = [c for c in report if c.method == method]
+        if not report:
+            raise UserInputError(f"unknown defense {method!r}; see `robustcompress defenses`")
+    typer.echo("\n".join(describe_coverage(report, sites)))
 
 
 def run(

@@ -505,6 +505,17 @@ class ANPVSDefense(DefenseSpec):
     name = "anp_vs"
     paper = "Madaan, Shin & Hwang, ICML 2020"
 
+    def coverage(self, model: nn.Module, params):
+        from robustcompress.defenses.base import Coverage, layer_coverage
+        from robustcompress.nn.beta_bernoulli import maskable_layers
+
+        masked = maskable_layers(model)
+        if params.where == "conv_out":
+            masked = [n for n in masked if not isinstance(model.get_submodule(n), nn.Linear)]
+        left = {n: "classifier or linear (where=conv_out)" for n in
+                layer_coverage(self.name, model).sites if n not in masked}
+        return Coverage(self.name, "output channels of conv/linear layers (masks)", masked, left)
+
     class Params(DefenseParams):
         eps: float = 0.3
         norm: str = "linf"

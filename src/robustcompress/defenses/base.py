@@ -57,6 +57,48 @@ class DefenseContext:
     base_models: dict[str, nn.Module] = field(default_factory=dict)
 
 
+@dataclass
+class Coverage:
+    """What a defense would touch in a model (``robustcompress defenses inspect``).
+
+    ``scope`` says what kind of site it acts on; ``sites`` the ones it covers; ``left`` the ones
+    it leaves as they are, each with the reason; ``error`` the message if it refuses the model.
+    """
+
+    method: str
+    scope: str
+    sites: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+def activation_coverage(method: str, model: nn.Module, selector="relu") -> Coverage:
+    """Coverage of a method acting after each selected activation application."""
+    from robustcompress.nn import surgery
+
+    scope = f"activation applications ({selector if isinstance(selector, str) else 'named'})"
+    try:
+        report = surgery.find_sites(model)
+        chosen = report.select(selector)
+    except UserInputError as e:
+        return Coverage(method, scope, error=str(e))
+    names = {s.name for s in chosen}
+    left = {s.name: f"{s.kind} not selected" for s in report.sites if s.name not in names}
+    return Coverage(method, scope, [s.name for s in chosen], left)
+
+
+def layer_coverage(method: str, model: nn.Module, names=None) -> Coverage:
+    """Coverage of a method acting on every conv/linear module (or the named ones)."""
+    from robustcompress.nn import surgery
+
+    layers = [s.name for s in surgery.layer_sites(model)]
+    chosen = layers if names is None else [n for n in layers if n in set(names)]
+    left = {n: "not in layers" for n in layers if n not in chosen}
+    for f in surgery.functional_layers(model) or []:
+        left[f] = "functional weight op (F.conv/F.linear): not a module, cannot be changed"
+    return Coverage(method, "conv/linear layers (incl. grouped)", chosen, left)
+
+
 class DefenseSpec:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -65,6 +107,11 @@ class DefenseSpec:
     def apply(self, model: nn.Module, params: DefenseParams, ctx: DefenseContext) -> dict[str, nn.Module]:
         """Convert (and, if the method needs it, train/fine-tune) a deep copy of ``model``."""
         raise NotImplementedError
+
+    def coverage(self, model: nn.Module, params: DefenseParams) -> Coverage:
+        """The sites :meth:`apply` would touch in ``model`` (default: the whole model, no site
+        surgery, e.g. adversarial training or an input transform)."""
+        return Coverage(self.name, "whole model (training or input transform; no site surgery)")
 
     def structure(self, model: nn.Module, params: DefenseParams) -> nn.Module:
         """The defended *architecture* without any training, used to rebuild a checkpoint.
@@ -100,6 +147,38 @@ def list_defenses() -> dict[str, DefenseSpec]:
     import robustcompress.defenses  # noqa: F401
 
     return dict(sorted(_DEFENSES.items()))
+
+
+def coverage_report(model: nn.Module) -> list[Coverage]:
+    """Every registered defense's :class:`Coverage` of ``model`` with its default parameters."""
+    out = []
+    for name, spec in list_defenses().items():
+        try:
+            out.append(spec.coverage(model, spec.Params()))
+        except UserInputError as e:
+            out.append(Coverage(name, "", error=str(e)))
+    return out
+
+
+def describe_coverage(report: list[Coverage], sites: bool = False) -> list[str]:
+    """Plain lines for a coverage report: per defense what it acts on, how many sites it covers,
+    what it leaves and why (grouped by reason), or why it refuses the model."""
+    lines = []
+    for c in report:
+        if c.error:
+            lines.append(f"{c.method}: REFUSES this model: {c.error}")
+            continue
+        head = f"{c.method}: {c.scope}" + (f": covers {len(c.sites)}" if c.sites else "")
+        reasons: dict[str, list[str]] = {}
+        for name, why in c.left.items():
+            reasons.setdefault(why, []).append(name)
+        tail = "; ".join(f"leaves {len(v)} ({k})" for k, v in reasons.items())
+        lines.append(head + (f"; {tail}" if tail else ""))
+        if sites and c.sites:
+            lines.append("    covers: " + ", ".join(c.sites))
+        if sites:
+            lines += [f"    leaves ({k}): " + ", ".join(v) for k, v in reasons.items()]
+    return lines
 
 
 def parse_params(name: str, raw: dict[str, Any]) -> DefenseParams:

@@ -87,5 +87,15 @@ class DefensiveQuantizationDefense(DefenseSpec):
             {"name": self.name, "params": params.model_dump(mode="json")}]
         return {"": net}
 
+    def coverage(self, model: nn.Module, params):
+        from robustcompress.defenses.base import activation_coverage
+        from robustcompress.nn.surgery import find_sites
+
+        cov = activation_coverage(self.name, model, "relu")
+        other = sorted({s.kind for s in find_sites(model).sites} - {"relu"})
+        if other and not cov.error:
+            cov.error = f"DQ quantises ReLU outputs only; the model also applies {', '.join(other)}"
+        return cov
+
     def structure(self, model: nn.Module, params) -> nn.Module:
         return replace_relus(model, params.bits, hi=params.hi, learn_range=params.learn_range)

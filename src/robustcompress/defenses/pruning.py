@@ -213,5 +213,15 @@ class PruneDefense(DefenseSpec):
                               retrain if params.retrain_epochs > 0 else None, workdir)
         return {f"r{k}": m for k, (_, m) in enumerate(rounds) if k > 0}
 
+    def coverage(self, model, params):
+        from robustcompress.defenses.base import layer_coverage
+
+        cov = layer_coverage(self.name, model)
+        if params.keep_first_last and cov.sites:
+            for n in {cov.sites[0], cov.sites[-1]}:
+                cov.left[n] = "first/last layer kept dense (keep_first_last)"
+            cov.sites = cov.sites[1:-1]
+        return cov
+
     def structure(self, model, params):
         return mask_structure(model, params.keep_first_last)

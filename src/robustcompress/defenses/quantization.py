@@ -123,6 +123,11 @@ class QuantizeDefense(DefenseSpec):
                         device=ctx.device, progress=ctx.progress).model
         return {"": q}
 
+    def coverage(self, model, params):
+        from robustcompress.defenses.base import layer_coverage
+
+        return layer_coverage(self.name, model)
+
     def structure(self, model, params):
         return add_quantizers(model, params.bits, per_channel=params.per_channel,
                               mu_law_layers=params.mu_law_layers, mu=params.mu,

@@ -34,7 +34,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    activation_coverage,
+    register_defense,
+)
 from robustcompress.errors import UserInputError
 from robustcompress.nn import surgery
 from robustcompress.nn.sap import METHODS, SAP
@@ -114,6 +120,9 @@ class SAPDefense(DefenseSpec):
     def apply(self, model: nn.Module, params: "SAPDefense.Params",
               ctx: DefenseContext) -> dict[str, nn.Module]:
         return {"": sap(model, params.frac, params.layers, params.method)}
+
+    def coverage(self, model: nn.Module, params: "SAPDefense.Params"):
+        return activation_coverage(self.name, model, params.layers)
 
     def structure(self, model: nn.Module, params: "SAPDefense.Params") -> nn.Module:
         return sap(model, params.frac, params.layers, params.method)

@@ -31,7 +31,14 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    activation_coverage,
+    layer_coverage,
+    register_defense,
+)
 from robustcompress.defenses.sap import Layers, insert_after, record
 from robustcompress.nn.masks import MagnitudeMask, prunable_layers
 from robustcompress.nn.noise import ActivationNoise, TestTimeDropout, WeightNoise, topk_keep_mask
@@ -99,6 +106,11 @@ class _Baseline(DefenseSpec):
 
     def structure(self, model: nn.Module, params) -> nn.Module:
         return self.build(model, params)
+
+    def coverage(self, model: nn.Module, params):
+        if isinstance(params, _ActParams):
+            return activation_coverage(self.name, model, params.layers)
+        return layer_coverage(self.name, model, params.layers)
 
 
 class _ActParams(DefenseParams):

@@ -112,8 +112,7 @@ def _why_dense(m: nn.Module, handlers) -> str:
         return f"{type(m).__name__} has no converter (pass handlers={{type: converter}})"
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         if m.groups != 1:
-            return (f"grouped conv (groups={m.groups}{', depthwise' if m.groups == m.in_channels else ''})"
-                    ": a Tucker core over channel groups is not implemented")
+            return "grouped/depthwise conv: a Tucker core over channel groups is not implemented"
         if m.padding_mode != "zeros":
             return f"padding_mode={m.padding_mode!r} (only zero padding is factorized)"
     return ""
@@ -327,6 +326,12 @@ class TensorizationDefense(DefenseSpec):
     name = "tensorization"
     paper = PAPER
 
+    def coverage(self, model: nn.Module, params):
+        from robustcompress.defenses.base import Coverage
+
+        convert, dense = tensorize_plan(model, params.keep_first_last)
+        return Coverage(self.name, "conv/linear layers (Tucker)", convert, dense)
+
     class Params(DefenseParams):
         rank: RankParam = Field(1.0, description="float = fraction of each channel dim; "
                                 "int = absolute; list = per mode")
@@ -405,6 +410,12 @@ class XNORDefense(DefenseSpec):
 
     name = "xnor"
     paper = "Rastegari et al., XNOR-Net, ECCV 2016 (binary baseline of " + PAPER + ")"
+
+    def coverage(self, model: nn.Module, params):
+        from robustcompress.defenses.base import Coverage
+
+        convert, dense = tensorize_plan(model, params.keep_first_last, _XNOR)
+        return Coverage(self.name, "conv/linear layers (XNOR)", convert, dense)
 
     class Params(DefenseParams):
         keep_first_last: bool = True
