@@ -76,7 +76,7 @@ def list_cmd(
             found = (f"{_fmt_source(got[0], got[1])}\n[dim]in {got[0]}[/dim]" if got
                      else "[red]not found[/red]")
         t.add_row(name, str(tuple(e.shape)) if e.shape else "any", str(e.num_classes or "any"),
-                  "declared" if name == "tensors" else f"[{e.bounds[0]:g}, {e.bounds[1]:g}]", found)
+                  "given" if name == "tensors" else f"[{e.bounds[0]:g}, {e.bounds[1]:g}]", found)
     _console().print(t)
 
 
