@@ -307,3 +307,13 @@ def test_import_model_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
     model = load_checkpoint(tmp_path / "run")
     assert type(model).__name__ == "Normalized"
     assert json.loads((tmp_path / "run" / "model.json").read_text())["spec"]["input"]["std"] == [0.25] * 3
+
+
+def test_defenses_that_rebuild_the_architecture_call_the_factory_again(nets):
+    from robustcompress.defenses.adversarial_training import _reinit
+    from robustcompress.defenses.independent import fresh_copy
+
+    model = build_foreign("toy_nets.py:net", INFO, mean=[0.5], std=[0.25], bounds=(0, 1), base_dir=nets)
+    for fresh in (fresh_copy(model, INFO, seed=3), _reinit(model, seed=3)):
+        assert type(fresh).__name__ == "Normalized" and fresh.robustcompress_spec == model.robustcompress_spec
+        assert not torch.equal(fresh.model.conv.weight, model.model.conv.weight)
