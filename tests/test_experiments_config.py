@@ -1,5 +1,7 @@
 """Config schema: every invalid config gives one clear message naming key, allowed values, line."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -128,7 +130,30 @@ def test_shipped_configs_are_valid():
     shipped = list_configs()
     assert "demo" in shipped
     for name, path in shipped.items():
+        if name.startswith("foreign-"):  # its weights are made by an example script first
+            continue
         load_config(path)  # raises on any problem
+
+
+def test_shipped_foreign_model_config_is_valid_once_its_weights_exist(tmp_path, monkeypatch):
+    import torch
+
+    from robustcompress.experiments.api import list_configs
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the config's paths fall back to the repository root
+    text = list_configs()["foreign-resnet18-cifar10-cpu"].read_text()
+    weights = "examples/foreign_model/my_resnet18.pt"
+    assert weights in text
+    sys_path = str(repo / "examples" / "foreign_model")
+    monkeypatch.syspath_prepend(sys_path)
+    from my_resnet import resnet18
+
+    torch.save(resnet18(width=16).state_dict(), tmp_path / "w.pt")
+    cfg_path = tmp_path / "foreign.yaml"
+    cfg_path.write_text(text.replace(weights, str(tmp_path / "w.pt")))
+    cfg = load_config(cfg_path)
+    assert cfg.model.factory.startswith(str(repo / "examples" / "foreign_model" / "my_resnet.py"))
 
 
 def test_transfer_surrogate_must_be_a_variant(tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -251,7 +252,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    cfg = parse_config(data or {}, source=str(path), root_node=root, base_dir=path.resolve().parent)
+    cfg = parse_config(data or {}, source=str(path), root_node=root, base_dir=Path(os.path.abspath(path)).parent)
     if cfg.output_dir is None:
         cfg = cfg.model_copy(update={"output_dir": str(Path("runs") / cfg.name)})
     return cfg

@@ -133,10 +133,10 @@ def key_dict(section: BaseModel) -> dict[str, Any]:
 def resolve_paths(cfg, base_dir: Path):
     """``cfg`` with its user file paths absolute (relative ones start at ``base_dir``)."""
     from robustcompress.errors import UserInputError
-    from robustcompress.models.foreign import resolve_factory
+    from robustcompress.models.foreign import resolve_factory, user_path
 
     def absolute(p: Optional[str]) -> Optional[str]:
-        return None if p is None else str((base_dir / Path(p).expanduser()).resolve())
+        return None if p is None else str(user_path(p, base_dir))
 
     m, d = cfg.model, cfg.dataset
     factory = m.factory

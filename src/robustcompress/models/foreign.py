@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -56,10 +57,18 @@ def resolve_factory(spec: str, base_dir: Optional[PathLike] = None) -> str:
     target, attr, is_file = _split_spec(spec)
     if not is_file:
         return f"{target}:{attr}"
-    path = Path(target).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir or Path.cwd()) / path
-    return f"{path.resolve()}:{attr}"
+    return f"{user_path(target, base_dir)}:{attr}"
+
+
+def user_path(p: PathLike, base_dir: Optional[PathLike] = None) -> Path:
+    """A user's file path made absolute: relative to ``base_dir`` (a config's folder, taken as
+    written: ``configs/`` may be a link), else to the current folder if only it has the file."""
+    path = Path(p).expanduser()
+    if path.is_absolute():
+        return path
+    first = Path(os.path.normpath(Path(os.path.abspath(base_dir or Path.cwd())) / path))
+    second = Path(os.path.abspath(path))
+    return second if not first.exists() and second.exists() else first
 
 
 def _import_file(path: Path, spec: str):
