@@ -231,3 +231,18 @@ def test_coverage_report_and_inspect_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sap: activation applications (relu): covers 17" in out and "layer1.0.relu#2" in out
     assert main(["defenses", "inspect", "--checkpoint", str(tmp_path / "mine"), "--method", "nope"]) == 2
+
+
+def test_attacks_refuse_a_threat_whose_box_is_not_the_models_declared_one():
+    from robustcompress.attacks import ThreatModel, evaluate_robustness, run_attack
+    from robustcompress.errors import ThreatModelError
+    from robustcompress.models import with_normalization
+
+    model = with_normalization(_small("resnet18"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (0.0, 1.0))
+    y = torch.zeros(2, dtype=torch.long)
+    audio_box = ThreatModel("linf", 0.1, bounds=(-1.0, 1.0))
+    with pytest.raises(ThreatModelError, match=r"declares inputs in \[0.0, 1.0\]"):
+        run_attack("fgsm", model, X, y, audio_box)
+    with pytest.raises(ThreatModelError, match="declares inputs"):
+        evaluate_robustness(model, X, y, audio_box, progress=False)
+    assert run_attack("fgsm", model, X, y, ThreatModel("linf", 0.1)).x_adv.shape == X.shape

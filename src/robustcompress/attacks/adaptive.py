@@ -272,6 +272,7 @@ def evaluate_robustness(
     if x.shape[0] != y.shape[0]:
         raise UserInputError(f"{x.shape[0]} inputs but {y.shape[0]} labels; pass one label per input")
     threat.check_inputs(x)
+    threat.check_model(model)
     y = y.long()
     props = model_properties(model)
     eot = (DEFAULT_EOT if eot_samples is None else int(eot_samples)) if props.stochastic else 1

@@ -625,6 +625,7 @@ class SampleNoise:
 def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
     """Refuse inputs, labels or devices an attack would silently get wrong."""
     threat.check_inputs(x)
+    threat.check_model(model)
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise UserInputError(
             f"labels must be a 1-D tensor with one entry per input ({x.shape[0]}), got "

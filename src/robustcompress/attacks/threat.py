@@ -27,6 +27,7 @@ from fractions import Fraction
 from typing import Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from robustcompress.errors import ThreatModelError
 
@@ -185,6 +186,17 @@ class ThreatModel:
         return f"{self.norm} eps={self.eps:.6g} ({self.eps_255:.4g}/255 of the box {list(self.bounds)}){t}"
 
     # ------------------------------------------------------------------ checks
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model whose declared input box (a ``with_normalization`` wrapper, or the
+        dataset / ``input`` recorded by the library when it built the model) is not this threat's
+        box: eps and the clipping would be in the wrong units. Undeclared models pass."""
+        declared = declared_bounds(model)
+        if declared is not None and any(abs(a - b) > 1e-9 for a, b in zip(declared, self.bounds)):
+            raise ThreatModelError(
+                f"the model declares inputs in {list(declared)} but the threat model's box is "
+                f"{list(self.bounds)}; build the threat from the model's dataset "
+                "(ThreatModel.from_spec(norm, eps, info)) or pass bounds matching the model")
+
     def check_inputs(self, x: torch.Tensor) -> None:
         """Refuse inputs an attack cannot be trusted on; each message names the fix.
 
@@ -303,3 +315,12 @@ def uniform_l2_ball(x: torch.Tensor, noise, eps: float) -> torch.Tensor:
 def _suggest(value: float) -> str:
     r = round(value)
     return str(int(r)) if abs(value - r) < 1e-9 else f"{value:g}"
+
+
+def declared_bounds(model: nn.Module) -> Optional[tuple[float, float]]:
+    """The input box ``model`` declares (see :meth:`ThreatModel.check_model`), or ``None``."""
+    if getattr(model, "input_bounds", None) is not None:
+        return tuple(float(b) for b in model.input_bounds)
+    spec = getattr(model, "robustcompress_spec", None) or {}
+    box = (spec.get("input") or {}).get("bounds") or (spec.get("info") or {}).get("bounds")
+    return None if box is None else (float(box[0]), float(box[1]))
