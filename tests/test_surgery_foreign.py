@@ -246,3 +246,25 @@ def test_attacks_refuse_a_threat_whose_box_is_not_the_models_declared_one():
     with pytest.raises(ThreatModelError, match="declares inputs"):
         evaluate_robustness(model, X, y, audio_box, progress=False)
     assert run_attack("fgsm", model, X, y, ThreatModel("linf", 0.1)).x_adv.shape == X.shape
+
+
+def test_input_and_training_defenses_run_on_a_foreign_model():
+    from robustcompress.data.info import Dataset, DatasetInfo, Split
+    from robustcompress.defenses.adversarial_training import adversarial_training
+    from robustcompress.defenses.feature_squeezing import feature_squeezing
+    from robustcompress.models import build_foreign
+    from robustcompress.training import TrainConfig
+
+    info = DatasetInfo("cifar10", (3, 32, 32), 10, tuple(map(str, range(10))))
+    factory = f"{__file__.rsplit('/', 1)[0]}/replicas.py:mobilenet_v2"
+    model = build_foreign(factory, info, bounds=(0.0, 1.0), mean=(0.5,) * 3, std=(0.25,) * 3).eval()
+    fs = feature_squeezing(model, info, bits=5, median=2)
+    assert fs(X).shape == (2, 10)
+    g = torch.Generator().manual_seed(0)
+    data = Dataset(info, Split(torch.rand(16, 3, 32, 32, generator=g), torch.arange(16) % 10),
+                   Split(X, torch.zeros(2, dtype=torch.long)))
+    at = adversarial_training(model, data, eps=8 / 255, steps=1,
+                              config=TrainConfig(epochs=1, batch_size=8))
+    changed = any(not torch.equal(a, b) for a, b in zip(at.state_dict().values(),
+                                                       model.state_dict().values()))
+    assert changed and at(X).shape == (2, 10)
