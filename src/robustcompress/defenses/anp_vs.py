@@ -33,6 +33,7 @@ from torch import nn
 
 from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
 from robustcompress.errors import UserInputError
+from robustcompress.nn import surgery
 from robustcompress.nn.beta_bernoulli import (
     MASKABLE,
     BetaBernoulliMask,
@@ -84,8 +85,7 @@ def fold_masks(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         layer.weight.mul_(m.view(-1, *([1] * (layer.weight.dim() - 1))))
         if layer.bias is not None:
             layer.bias.mul_(m)
-        parent, _, child = name.rpartition(".")
-        setattr(out.get_submodule(parent) if parent else out, child, layer)
+        surgery.replace_module(out, name, layer)
         masks[name] = m.cpu()
     return out, masks
 
@@ -400,8 +400,7 @@ def _verified_plan(folded, chains, plan, ref, example, atol) -> tuple[list[str],
 def _strip_masks(model: nn.Module) -> nn.Module:
     """Replace every ``Sequential(layer, mask)`` by the layer (the dense base architecture)."""
     for name, (layer, _) in masked_layers(model).items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        surgery.replace_module(model, name, layer)
     return model
 
 

@@ -5,7 +5,8 @@ The zoo CONTRACT (see :mod:`robustcompress.models.registry`):
 * the first sub-module is a :class:`~robustcompress.models.registry.Normalize` named
   ``normalize``, so models take inputs in the dataset's declared box;
 * every nonlinearity is its own ``nn.ReLU`` instance (never ``F.relu``, never one instance used
-  twice), so SAP / activation hooks find "every ReLU" by walking ``model.modules()``;
+  twice), so defenses rewrite zoo models in the module tree and their module names stay
+  readable (other models are handled by :mod:`robustcompress.nn.surgery` too);
 * weights live in plain ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` modules that defenses can
   swap by name (``model.get_submodule`` / ``setattr``);
 * a wrong input shape raises :class:`~robustcompress.errors.UserInputError` naming the expected
