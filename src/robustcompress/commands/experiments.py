@@ -201,6 +201,8 @@ def results(
     protocol: Optional[str] = typer.Option(None, help="paper | adaptive | minimal | clean."),
     export: Optional[str] = typer.Option(None, help="Write the rows to a .csv or .json file."),
     metrics: bool = typer.Option(False, "--metrics", help="Show per-variant metrics instead of results."),
+    all_units: bool = typer.Option(False, "--all", help="Every row in the store, also those of other "
+                                   "configs run into the same folder (default: the last run's)."),
 ) -> None:
     """Query the results store of a run; export to CSV/JSON.
 
@@ -215,9 +217,11 @@ def results(
     db = Path(run_dir) / "results.db"
     if not db.exists():
         raise UserInputError(f"{db} does not exist; give the folder of a run (e.g. runs/demo)")
+    listed = Path(run_dir) / "units.json"
+    units = None if all_units or not listed.exists() else json.loads(listed.read_text())
     with ResultsStore(db) as store:
-        rows = store.metrics(variant=variant) if metrics else store.results(
-            variant=variant, attack=attack, protocol=protocol)
+        rows = store.metrics(variant=variant, units=units) if metrics else store.results(
+            variant=variant, attack=attack, protocol=protocol, units=units)
     if export:
         export_rows(rows, export)
         typer.echo(f"wrote {len(rows)} rows to {export}")

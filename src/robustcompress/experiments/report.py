@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from robustcompress.attacks.checks import EXPLANATIONS  # noqa: E402
 from robustcompress.experiments.config import eps_matches  # noqa: E402
-from robustcompress.experiments.runner import mean_std  # noqa: E402
+from robustcompress.experiments.units import mean_std  # noqa: E402
 
 # what each gradient-masking flag means: the checks' own explanations (one source of truth)
 FLAG_HELP = EXPLANATIONS

@@ -13,14 +13,15 @@ units, so Ctrl-C or ``kill -9`` loses at most the unit in progress, and no row i
 
 Randomness: every evaluation batch draws from its own generator seeded by
 ``hash(seed, unit, batch index)``, so results do not depend on how batches are spread over
-processes (see :mod:`robustcompress.experiments.distributed`).
+processes (see :mod:`robustcompress.experiments.distributed`); anything drawn from the global
+RNG inside a unit is seeded from the unit's key (:func:`~.units.unit_rng`), so a resumed run
+equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,15 @@ from robustcompress.experiments.config import (
 from robustcompress.experiments.config import eps_label as format_eps_label
 from robustcompress.experiments.config_sources import build_base, file_digest, key_dict
 from robustcompress.experiments.store import ResultRow, ResultsStore
+from robustcompress.experiments.units import (
+    NullWriter,
+    adaptive_rows,
+    batch_slices,
+    mean_std,  # noqa: F401  (re-exported: older imports)
+    paper_labels,
+    seed_for,
+    unit_rng,
+)
 
 BASE = "base"
 # How the evaluation points are chosen; part of every evaluation unit's key. "first-n" (before
@@ -80,14 +90,6 @@ class RunSummary:
     unit_keys: list[str] = field(default_factory=list)
 
 
-def _seed_for(*parts: Any) -> int:
-    return int(stable_hash(list(parts), n=15), 16)
-
-
-def batch_slices(n: int, batch_size: int) -> list[slice]:
-    return [slice(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
-
-
 class Runner:
     """Runs an :class:`ExperimentConfig` end to end (see the module docstring)."""
 
@@ -124,6 +126,12 @@ class Runner:
         done, out, pending = {BASE}, [], list(self.cfg.defenses)
         while pending:
             ready = [d for d in pending if d.base in done]
+            if not ready:  # config validation refuses this; never loop forever on it
+                from robustcompress.errors import ConfigError
+
+                raise ConfigError("defenses " + ", ".join(f"{d.name} (base: {d.base})" for d in pending)
+                                  + " build on each other in a cycle or on a missing defense; "
+                                  "make each base a defense listed in the config or 'base'")
             for d in ready:
                 out.append(d)
                 done.add(d.name)
@@ -154,6 +162,8 @@ class Runner:
             self.evaluate_all(variants, store)
         finally:
             store.close()
+        # the units of this config: what `robustcompress results` shows from a shared folder
+        (self.out / "units.json").write_text(json.dumps(self.unit_keys))
         return RunSummary(self.out, [v.label for v in variants], self.units_run, self.units_skipped,
                           dict(self.stage_seconds), list(self.unit_keys))
 
@@ -309,14 +319,15 @@ class Runner:
             v.model.eval()
             self._unit(store, "metrics", v, [], lambda w, v=v: self.variant_metrics(w, v, x, y))
             self._unit(store, "clean", v, [], lambda w, v=v: self.clean_eval(w, v, x, y))
+            labels = paper_labels(self.cfg.evaluation.paper)
             for threat, eps_label in self.threats():
-                for item in self.cfg.evaluation.paper:
+                for item, label in zip(self.cfg.evaluation.paper, labels):
                     if item.norm and item.norm != threat.norm:
                         continue
                     for run in range(self.cfg.evaluation.runs):
                         self._unit(store, "paper", v, [item.model_dump(), threat.norm, eps_label, run],
-                                   lambda w, v=v, item=item, t=threat, e=eps_label, r=run:
-                                   self.paper_attack(w, v, x, y, item, t, e, r))
+                                   lambda w, v=v, item=item, t=threat, e=eps_label, r=run, lab=label:
+                                   self.paper_attack(w, v, x, y, item, t, e, r, lab))
                 if self.cfg.evaluation.adaptive and self._adaptive_eps(eps_label):
                     sur = surrogate if (surrogate is not None and v.label != self.cfg.evaluation.transfer_from) else None
                     self._unit(store, "adaptive", v, [threat.norm, eps_label, sur is not None],
@@ -342,11 +353,12 @@ class Runner:
             self.units_skipped += 1
             return
         t0 = time.perf_counter()
-        if self.rank == 0:
-            with store.unit(unit, kind, v.label) as w:
-                fn(w)
-        else:
-            fn(_NullWriter())
+        with unit_rng(unit, self.device):
+            if self.rank == 0:
+                with store.unit(unit, kind, v.label) as w:
+                    fn(w)
+            else:
+                fn(NullWriter())
         dist_util.barrier()
         self.units_run += 1
         self._timed(f"eval {kind}", t0)
@@ -359,7 +371,7 @@ class Runner:
         slices = batch_slices(len(y), self.cfg.evaluation.batch_size)
         for b in dist_util.my_indices(len(slices)):
             sl = slices[b]
-            g = torch.Generator(device=self.device).manual_seed(_seed_for(self.cfg.seed, unit_seed, b))
+            g = torch.Generator(device=self.device).manual_seed(seed_for(self.cfg.seed, unit_seed, b))
             xb, yb = x[sl].to(self.device), y[sl].to(self.device)
             outs.append((b, fn(xb, yb, g, b)))
         return dist_util.gather_ordered(outs)
@@ -382,9 +394,11 @@ class Runner:
         logits = draw_logits(v.model, xb, mc_samples=self.cfg.evaluation.mc_samples, generator=g)
         return (prediction(logits) == yb).cpu(), (logits[0].argmax(1) == yb).cpu(), logits.shape[0]
 
-    def paper_attack(self, w, v: Variant, x, y, item, threat, eps_label: str, run: int) -> None:
+    def paper_attack(self, w, v: Variant, x, y, item, threat, eps_label: str, run: int,
+                     label: str) -> None:
         """One attack of the paper protocol: ``eot`` gradient draws (default 1), ``mc`` draws for the
-        verdict (default 1), i.e. the plain protocol the papers used unless the config says more."""
+        verdict (default 1), i.e. the plain protocol the papers used unless the config says more.
+        ``label`` names the item in the tables (:func:`~.units.paper_labels`)."""
         from robustcompress.attacks import run_attack
 
         eot, mc = item.eot or 1, item.mc or 1
@@ -400,7 +414,7 @@ class Runner:
 
         parts = self._per_batch(["paper", v.key, item.model_dump(), threat.norm, eps_label, run], x, y, one)
         robust, fooled, norms = (torch.cat([p[i] for p in parts]) for i in range(3))
-        w.add_result(ResultRow(v.label, item.attack, "paper", threat.norm, threat.eps, eps_label, run,
+        w.add_result(ResultRow(v.label, label, "paper", threat.norm, threat.eps, eps_label, run,
                                len(robust), robust_acc=robust.float().mean().item(),
                                fooled_any=fooled.float().mean().item(),
                                mean_norm=norms.mean().item(), median_norm=norms.median().item(),
@@ -480,62 +494,10 @@ class Runner:
     def variant_metrics(self, w, v: Variant, x, y) -> None:
         from robustcompress.experiments import collect_metrics
 
-        g = torch.Generator(device=self.device).manual_seed(_seed_for(self.cfg.seed, "metrics", v.key))
+        g = torch.Generator(device=self.device).manual_seed(seed_for(self.cfg.seed, "metrics", v.key))
         reference = v.parent.model if v.parent is not None else None
         for key, value, extra in collect_metrics(v.model, self.dataset.info, x, y, self.cfg, self.device,
                                                  generator=g, reference=reference):
             w.add_metric(v.label, key, value, extra)
 
 
-class _NullWriter:
-    def add_result(self, row):
-        pass
-
-    def add_metric(self, *a, **k):
-        pass
-
-
-def _norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.flatten(1)
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
-
-
-def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: float) -> list[ResultRow]:
-    """Rows of one adaptive unit from its per-batch :class:`RobustnessReport` s.
-
-    One row per attack of the cascade with the accuracy *after* that attack (the cascade only
-    attacks points still robust), and a ``worst-case`` row: robust under every attack after the
-    independent MC re-evaluation, with the gradient-masking flags in ``extra``.
-    """
-    labels = [a.label for a in reports[0].attacks]
-    cat = lambda key: torch.cat([r.per_sample[key].cpu() for r in reports])  # noqa: E731
-    clean, broken, worst, fooled = cat("clean_correct"), cat("broken_by"), cat("robust"), cat("fooled_any")
-    flags: dict[str, bool] = {}
-    for r in reports:
-        for f in r.flags:
-            flags[f.name] = flags.get(f.name, False) or bool(f.raised)
-    settings = reports[0].settings
-    n = len(clean)
-    rows = []
-    for i, name in enumerate(labels):
-        robust_i = clean & ((broken == -1) | (broken > i))
-        rows.append(ResultRow(label, name, "adaptive", threat.norm, threat.eps, eps_label, 0, n,
-                              clean_acc=clean.float().mean().item(), robust_acc=robust_i.float().mean().item(),
-                              seconds=sum(r.attacks[i].seconds for r in reports)))
-    from robustcompress.attacks.adaptive import _jsonable
-
-    rows.append(ResultRow(label, "worst-case", "adaptive", threat.norm, threat.eps, eps_label, 0, n,
-                          clean_acc=clean.float().mean().item(), robust_acc=worst.float().mean().item(),
-                          fooled_any=fooled.float().mean().item(), seconds=seconds,
-                          extra={"settings": _jsonable(settings), "masking_flags": flags,
-                                 "flag_details": [f.to_dict() for r in reports for f in r.flags]}))
-    return rows
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-    return m, math.sqrt(var)

@@ -9,7 +9,10 @@ Tables
              re-run never duplicates rows.
 
 Every row carries the hash of the unit's own configuration (``unit``), so changing one part of a
-config re-runs only what depends on it.
+config re-runs only what depends on it. Rows are unique per unit: two configs run into one
+folder keep both their rows (readers select the units of the config they show), and two
+attacks with the same name but other parameters never replace each other. Stores written
+before this rule (rows unique per variant/attack/eps) are migrated when opened.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ CREATE TABLE IF NOT EXISTS results (
     median_norm REAL,
     seconds REAL,
     extra TEXT,
-    UNIQUE (variant, attack, protocol, norm, eps_label, run)
+    UNIQUE (unit, variant, attack, protocol, norm, eps_label, run)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     unit TEXT NOT NULL,
@@ -57,7 +60,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     key TEXT NOT NULL,
     value REAL,
     extra TEXT,
-    UNIQUE (variant, key)
+    UNIQUE (unit, variant, key)
 );
 """
 
@@ -85,6 +88,29 @@ class ResultRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Rebuild tables created with the old per-variant unique keys (one transaction)."""
+    old = {name: sql for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='table' AND name IN ('results', 'metrics')")}
+    stale = [t for t in ("results", "metrics") if "UNIQUE (unit," not in (old.get(t) or "UNIQUE (unit,")]
+    if not stale:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for t in stale:
+            conn.execute(f"ALTER TABLE {t} RENAME TO {t}_old")
+        for stmt in SCHEMA.split(";"):  # executescript would commit the open transaction
+            if any(f"EXISTS {t} (" in stmt for t in stale):
+                conn.execute(stmt)
+        for t in stale:
+            conn.execute(f"INSERT INTO {t} SELECT * FROM {t}_old")
+            conn.execute(f"DROP TABLE {t}_old")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _clean(v):
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None
@@ -97,10 +123,21 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+            _migrate(self.conn)
+            self.conn.execute("SELECT count(*) FROM results").fetchone()
+        except sqlite3.DatabaseError as e:
+            from robustcompress.errors import DataError
+
+            self.conn.close()
+
+            raise DataError(f"results store {self.path} is unreadable ({e}): it was truncated or "
+                            "is not a robustcompress store; move it away (finished models are "
+                            "kept, evaluations are re-run) or choose another --out") from None
 
     def close(self) -> None:
         self.conn.close()
