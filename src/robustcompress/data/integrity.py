@@ -84,13 +84,25 @@ def known_checksum(path: Path) -> Optional[Checksum]:
     return KNOWN.get(Path(path).name)
 
 
+def _stream(path: Path, *hashes) -> None:
+    """Feed the file to every hash object, 1 MiB at a time (constant memory)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            for h in hashes:
+                h.update(chunk)
+
+
+def file_sha256(path: Path) -> str:
+    """Streamed sha256 hex digest of a file (checkpoints, cache files)."""
+    sha = hashlib.sha256()
+    _stream(path, sha)
+    return sha.hexdigest()
+
+
 def file_digests(path: Path) -> tuple[str, str]:
     """Streamed ``(sha256, md5)`` hex digests of a file (1 MiB chunks, constant memory)."""
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
+    _stream(path, sha, md5)
     return sha.hexdigest(), md5.hexdigest()
 
 
