@@ -7,6 +7,11 @@ the gradient then being L1-normalised per sample). Every iterate is evaluated, a
 best one is kept: successful iterates beat unsuccessful ones, and among equals the larger objective
 wins (as AutoAttack keeps its best point). With ``early_stop`` a sample leaves the batch at its first
 success, which saves forwards without changing any other sample's result.
+
+On a randomized model a "success" seen while crafting is one random draw, so keeping the best
+iterate would count a point as broken if any single draw along the way misclassified it (the
+paper-protocol number then falls towards 0 with the step count). There the *final* iterate is
+returned (as the papers' PGD did) and judged afresh by :func:`~robustcompress.attacks.base.finish`.
 """
 
 from __future__ import annotations
@@ -121,6 +126,7 @@ def iterate(
     NaN/inf gradient entries are treated as zero.
     """
     best = Best.empty(x_start)
+    final_only = is_stochastic(model)  # noisy verdicts: keep the final point (module docstring)
     x_adv = x_start.detach().clone()
     n = x.shape[0]
     active = torch.arange(n, device=x.device)
@@ -135,10 +141,14 @@ def iterate(
         else:
             obj, logits = objective(model, xa, ya, **kw)
         success = reached_goal(logits.argmax(1), ya, threat.targeted)
-        best.update(active, xa, obj.to(x.dtype), success, logits)
+        if not final_only or t == steps:
+            best.update(active, xa, obj.to(x.dtype), success, logits)
         if t == steps:
             break
         if early_stop and bool(success.any()):
+            if final_only:  # a sample leaving now ends at this point
+                best.update(active[success], xa[success], obj[success].to(x.dtype),
+                            success[success], logits[success])
             keep = ~success
             active, xa, xc, grad = active[keep], xa[keep], xc[keep], grad[keep]
             if active.numel() == 0:
