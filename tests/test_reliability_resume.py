@@ -131,3 +131,25 @@ def test_kill_9_at_three_points_then_resume_equals_uninterrupted(uninterrupted, 
     resumed = run_experiment(load_config(cfg), progress=False, report=False)
     assert resumed.units_skipped > 0 and resumed.unit_keys == summary_a.unit_keys
     assert dump(out, resumed.unit_keys) == dump(out_a, summary_a.unit_keys)
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once_naming_the_first(tmp_path):
+    from robustcompress.experiments.lock import output_lock
+
+    out = tmp_path / "busy"
+    cfg = write(tmp_path, out)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from robustcompress.experiments.lock import output_lock\n"
+        f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, "-m", "robustcompress.cli", "run", str(cfg), "--no-progress"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and f"pid {holder.pid}" in proc.stderr
+        assert not (out / "results.db").exists()  # nothing was started, nothing overwritten
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):  # the kernel released the killed holder's lock
+        pass

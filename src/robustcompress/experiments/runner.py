@@ -20,6 +20,7 @@ equals an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -147,6 +148,15 @@ class Runner:
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
+        """Run every unit not yet done, holding the output folder's lock (rank 0) so that a
+        second run on the same folder stops at once instead of redoing and overwriting work."""
+        from robustcompress.experiments.lock import output_lock
+
+        lock = output_lock(self.out) if self.rank == 0 else contextlib.nullcontext()
+        with lock:
+            return self._run()
+
+    def _run(self) -> RunSummary:
         from robustcompress.data import load_dataset
 
         self.out.mkdir(parents=True, exist_ok=True)
