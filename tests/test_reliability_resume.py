@@ -153,3 +153,21 @@ def test_a_second_run_on_the_same_folder_stops_at_once_naming_the_first(tmp_path
         holder.wait()
     with output_lock(out):  # the kernel released the killed holder's lock
         pass
+
+
+def test_a_corrupted_training_state_is_refused_naming_the_file(tmp_path):
+    from robustcompress.data import load_dataset
+    from robustcompress.errors import DataError
+    from robustcompress.models import build_model
+    from robustcompress.training import TrainConfig, fit
+
+    ds = load_dataset("digits", train_limit=100, test_limit=50)
+    cfg = TrainConfig(epochs=1, batch_size=50)
+    fit(build_model("lenet300", ds.info), ds, cfg, checkpoint_dir=tmp_path, progress=False)
+    state = next(tmp_path.glob("state-e*.safetensors"))
+    data = bytearray(state.read_bytes())
+    data[-5] ^= 0xFF  # inside the tensor data: safetensors itself would not notice
+    state.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{state.name}.*modified or corrupted"):
+        fit(build_model("lenet300", ds.info), ds, TrainConfig(epochs=2, batch_size=50),
+            checkpoint_dir=tmp_path, progress=False)

@@ -41,9 +41,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from robustcompress.data.info import Dataset, Split
-from robustcompress.errors import ConfigError, UserInputError
+from robustcompress.errors import ConfigError, DataError, UserInputError
 from robustcompress.training import accel, ddp
-from robustcompress.training.checkpoint import atomic_save_json, atomic_save_tensors, save_checkpoint
+from robustcompress.training.checkpoint import (
+    atomic_save_json,
+    atomic_save_tensors,
+    save_checkpoint,
+    weights_mismatch,
+)
 from robustcompress.training.config import TrainConfig, lr_factor
 from robustcompress.training.evaluate import check_finite_inputs, evaluate_accuracy
 from robustcompress.training.objectives import CrossEntropy
@@ -142,8 +147,9 @@ def _save_state(ckdir: Path, epoch: int, model: nn.Module, opts, config: TrainCo
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update(otensors)
     name = f"state-e{epoch}.safetensors"
-    atomic_save_tensors(tensors, ckdir / name)
-    atomic_save_json({"epoch": epoch, "tensors": name, "config": config.model_dump(),
+    sha = atomic_save_tensors(tensors, ckdir / name)
+    atomic_save_json({"epoch": epoch, "tensors": name, "weights_sha256": sha,
+                      "config": config.model_dump(),
                       "history": history, "optim": ojs, "objective": repr(objective),
                       "rng": {"scheme": "per-epoch generator + fork_rng",
                               "next_epoch_seed": epoch_seed(config.seed, epoch)}},
@@ -159,12 +165,22 @@ def _save_state(ckdir: Path, epoch: int, model: nn.Module, opts, config: TrainCo
 
 
 def _load_state(ckdir: Path, model: nn.Module, opts, config: TrainConfig) -> tuple[int, list]:
-    st = json.loads((ckdir / "state.json").read_text())
+    try:
+        st = json.loads((ckdir / "state.json").read_text())
+        path = ckdir / st["tensors"]
+        bad = weights_mismatch(path, st) if path.is_file() else "the file is missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        bad = f"{type(e).__name__}: {e}"
+        path = ckdir / "state.json"
+    if bad:
+        raise DataError(f"training state {path} cannot be resumed ({bad}): it was modified or "
+                        "corrupted; delete the folder's state files or use resume=False "
+                        "(--no-resume) to train from the start")
     if _config_key(TrainConfig(**st["config"])) != _config_key(config):
         raise ConfigError(
             f"{ckdir} holds a run with a different training config ({st['config']}); use another "
             "checkpoint directory or resume=False (--no-resume) to start over")
-    tensors = load_file(str(ckdir / st["tensors"]))
+    tensors = load_file(str(path))
     mstate = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     try:
         model.load_state_dict(mstate, strict=True)
