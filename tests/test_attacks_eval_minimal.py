@@ -49,7 +49,8 @@ def exact_distance(lin: nn.Linear, x: torch.Tensor, y: torch.Tensor, dual_p: flo
 @pytest.mark.parametrize("norm,dual_p", [("l2", 2.0), ("linf", 1.0)])
 def test_deepfool_is_exact_on_linear_classifier(num_classes, norm, dual_p):
     lin, x, y = linear_problem(num_classes)
-    out = deepfool_perturb(lin, x, y, norm=norm, candidates=None, overshoot=0.02)
+    out = deepfool_perturb(lin, x, y, norm=norm, candidates=None, overshoot=0.02,
+                          boundary_search=0)  # the paper's overshot point
     exact = exact_distance(lin, x, y, dual_p)
     assert torch.allclose(out.r_norm, exact, rtol=1e-9, atol=1e-12)
     assert (out.iterations == 1).all()  # one linearisation step is exact for a linear model
@@ -64,7 +65,7 @@ def test_deepfool_registered_reports_minimal_norm_and_budget():
     exact = exact_distance(lin, x, y, 2.0)
     median = exact.median().item()
     threat = ThreatModel.from_spec("l2", median)
-    res = run_attack("deepfool", lin, x, y, threat)
+    res = run_attack("deepfool", lin, x, y, threat, boundary_search=0)  # overshot point
     assert torch.allclose(res.extra["min_norm"], exact, rtol=1e-4)
     assert (res.extra["iterations"] >= 1).all()
     # success only within eps: exactly the samples whose overshot distance fits the budget

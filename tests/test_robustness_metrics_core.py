@@ -75,7 +75,7 @@ def test_r2_on_linear_model_equals_exact_distance(gen):
     y = model(x).argmax(1)
     y[:5] = (y[:5] + 1) % 4  # misclassified points are left out
     exact = _exact_distance(lin, x[5:], 2)
-    res = r_2(model, x, y, attack="deepfool", overshoot=0.02)
+    res = r_2(model, x, y, attack="deepfool", overshoot=0.02, boundary_search=0)
     assert res["n_correct"] == 35 and res["success_rate"] == 1.0
     assert res["r2"] == pytest.approx(1.02 * float(exact.mean()), rel=1e-3)
     rel = (1.02 * exact / x[5:].flatten(1).norm(dim=1)).mean()

@@ -18,7 +18,12 @@ Deviations:
   check stops being updated), so that results do not depend on the batch size; the original
   stops the whole batch;
 * the step counter and Adam state restart for every constant, as in the original, and ``w`` is
-  reset to the clean input (the original resets the modifier to zero, i.e. the same point).
+  reset to the clean input (the original resets the modifier to zero, i.e. the same point);
+* the best point is finally moved along its direction from ``x`` to the boundary
+  (``boundary_search``, default 20 bisection steps, :mod:`robustcompress.attacks.boundary`):
+  the smallest scale of ``x_adv - x`` that still has margin ``< -kappa`` is kept. Adam's best
+  iterate usually lies a little inside the adversarial region; ``boundary_search=0`` is the
+  original behaviour. Stochastic models are not searched (see that module).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from robustcompress.attacks.base import (
     finish_minimal,
     generator_scope,
 )
+from robustcompress.attacks.boundary import check_search_steps, tighten_to_boundary
 from robustcompress.attacks.registry import register_attack
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import ThreatModelError, UserInputError
@@ -85,12 +91,15 @@ def cw_l2_perturb(
     steps: int = 1000,
     lr: float = 1e-2,
     abort_early: bool = True,
+    boundary_search: int = 20,
 ) -> CWOutput:
     """Run C&W-L2 on ``(x, y)``; ``y`` are target classes when ``targeted``.
 
     Returns the smallest successful adversarial per sample (``x`` itself and ``l2 = inf`` where
-    no constant succeeded). Only ``d loss / d w`` is computed; the model is not touched.
+    no constant succeeded), moved to the boundary along its direction in ``boundary_search``
+    bisection steps (0: no search). Only ``d loss / d w`` is computed; the model is not touched.
     """
+    check_search_steps(boundary_search)
     lo, hi = bounds
     x0 = x.detach()
     batch = x0.shape[0]
@@ -146,7 +155,24 @@ def cw_l2_perturb(
             lower = torch.where(succeeded, lower, torch.maximum(lower, const))
             bisect = (lower + upper) / 2
             const = torch.where(upper < _BIG, bisect, const * 10)
+    best_adv, best_l2 = _tighten(model, x0, best_adv, best_l2, y, boundary_search, bounds,
+                                 targeted, confidence)
     return CWOutput(best_adv, best_l2, const)
+
+
+def _tighten(model: nn.Module, x0: torch.Tensor, best_adv: torch.Tensor, best_l2: torch.Tensor,
+             y: torch.Tensor, steps: int, bounds: tuple[float, float], targeted: bool,
+             confidence: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The line search to the boundary (keeping C&W's margin ``< -kappa``); norms of moved rows."""
+    out = tighten_to_boundary(
+        model, x0, best_adv, y, steps=steps, bounds=bounds,
+        adversarial=lambda logits, yy: margin(logits, yy, targeted) < -confidence,
+    )
+    if out is best_adv:
+        return best_adv, best_l2
+    moved = (out != best_adv).flatten(1).any(dim=1)
+    l2 = (out - x0).flatten(1).pow(2).sum(1).sqrt()
+    return out, torch.where(moved, l2, best_l2)
 
 
 @register_attack("cw", kind="minimal")
@@ -162,6 +188,7 @@ def cw_l2(
     steps: int = 1000,
     lr: float = 1e-2,
     abort_early: bool = True,
+    boundary_search: int = 20,
     mc_samples: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
 ) -> AttackResult:
@@ -171,7 +198,9 @@ def cw_l2(
     outside the eps-ball). With ``threat.eps > 0`` a sample counts as a success only when that
     norm is ``<= eps``; ``threat.eps == 0`` means "no budget" (success = any adversarial found).
     ``extra["min_norm"]`` holds the raw minimal L2 norms (``inf`` where nothing was found) and
-    ``extra["const"]`` the final constants. The threat's norm must be ``"l2"``.
+    ``extra["const"]`` the final constants. The threat's norm must be ``"l2"``. The best point
+    is finally moved along its direction to the boundary (``boundary_search`` bisection steps;
+    0: C&W's own point).
     Stochastic models are attacked one draw per step (no EOT); the verdict is MC-averaged.
     """
     if threat.norm != "l2":
@@ -182,11 +211,11 @@ def cw_l2(
         out = cw_l2_perturb(
             model, x, y, bounds=threat.bounds, targeted=threat.targeted, confidence=confidence,
             initial_const=initial_const, binary_search_steps=binary_search_steps, steps=steps,
-            lr=lr, abort_early=abort_early,
+            lr=lr, abort_early=abort_early, boundary_search=boundary_search,
         )
     params = {"confidence": confidence, "initial_const": initial_const,
               "binary_search_steps": binary_search_steps, "steps": steps, "lr": lr,
-              "abort_early": abort_early}
+              "abort_early": abort_early, "boundary_search": boundary_search}
     return finish_minimal("cw", params, model, x, y, out.x_adv, out.l2, threat,
                           mc_samples=mc_samples, generator=generator, extra={"const": out.const})
 
