@@ -44,8 +44,9 @@ from robustcompress.attacks.base import (
     reached_goal,
 )
 from robustcompress.attacks.checks import DEFAULT_TOL, Flag, masking_checks
-from robustcompress.attacks.registry import get_attack, run_attack
+from robustcompress.attacks.registry import get_attack, run_attack, validate_attack_params
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.validation import check_batch_and_dtype, check_logits
 from robustcompress.errors import UserInputError
 from robustcompress.nn.protocol import model_properties, straight_through
 from robustcompress.nn.ste import _check as _check_surrogate
@@ -273,12 +274,17 @@ def evaluate_robustness(
         raise UserInputError(f"{x.shape[0]} inputs but {y.shape[0]} labels; pass one label per input")
     threat.check_inputs(x)
     threat.check_model(model)
+    check_batch_and_dtype(model, x)
     y = y.long()
     props = model_properties(model)
     eot = (DEFAULT_EOT if eot_samples is None else int(eot_samples)) if props.stochastic else 1
     mc = (DEFAULT_MC if mc_samples is None else int(mc_samples)) if props.stochastic else 1
     bpda_used = bpda if props.non_differentiable else None
     _check_surrogate(bpda)
+    for _, name, params in _normalise_battery(attacks or []):  # before any attack runs
+        problems = validate_attack_params(name, params, strict=False)
+        if problems:
+            raise UserInputError("; ".join(problems))
     seed = draw_seed(generator)
     master = _new_generator(seed, torch.device("cpu"))
     dev = x.device
@@ -290,6 +296,7 @@ def evaluate_robustness(
     clean_seed = draw_seed(master)
     logits = draw_logits(model, x, mc_samples=mc, generator=_new_generator(clean_seed, dev),
                          batch_size=batch_size)
+    check_logits(logits, y, draws=True)  # finite on every clean input, labels within its classes
     clean_correct = ~reached_goal(prediction(logits), y, threat.targeted)  # judged like attacks
     timings: dict[str, float] = {"clean": time.perf_counter() - t0}
     n = int(x.shape[0])

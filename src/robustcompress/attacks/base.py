@@ -513,8 +513,9 @@ def finish(
     """
     x_adv = x_adv.detach()
     norm = threat.norm_of(x_adv - x)
-    reuse = (
+    reuse = (  # a stochastic model's point is judged by fresh draws, never by the crafting draw
         logits is not None
+        and not is_stochastic(model)
         and resolve_draws(model, mc_samples, DEFAULT_MC_SAMPLES) == 1
         and not bool(torch.isnan(logits).any())
         and bool(within_budget(norm, threat.eps).all())
@@ -623,7 +624,9 @@ class SampleNoise:
 
 # ---------------------------------------------------------------------------- checks
 def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
-    """Refuse inputs, labels or devices an attack would silently get wrong."""
+    """Refuse inputs, labels, devices or dtypes an attack would silently get wrong, and an empty
+    batch (the model's logits are checked on the attack's first forward: see
+    :func:`~robustcompress.attacks.validation.first_forward_checked`)."""
     threat.check_inputs(x)
     threat.check_model(model)
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
@@ -641,6 +644,9 @@ def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, thre
             f"the model is on {p.device} but the inputs are on {x.device}; move one of them "
             f"(model.to(x.device) or x.to({str(p.device)!r}))"
         )
+    from robustcompress.attacks.validation import check_batch_and_dtype
+
+    check_batch_and_dtype(model, x)
 
 
 @contextlib.contextmanager

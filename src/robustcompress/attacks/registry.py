@@ -30,9 +30,17 @@ from robustcompress.attacks.base import (
     resolve_draws,
 )
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.validation import (
+    RESERVED,
+    check_param_values,
+    first_forward_checked,
+    warn_if_dropout_trains,
+)
 from robustcompress.errors import UserInputError
 
 KINDS = ("white-box", "black-box", "minimal", "noise", "transfer")
+#: keyword parameters that run_attack sets itself (generator=, eot_samples=, mc_samples=)
+RESERVED_NAMES = tuple(RESERVED)
 _COMMON = ("model", "x", "y", "threat")
 
 
@@ -95,6 +103,31 @@ def list_attacks() -> dict[str, AttackSpec]:
     return dict(sorted(_ATTACKS.items()))
 
 
+def validate_attack_params(name: str, params: dict[str, Any], *, strict: bool = True) -> list[str]:
+    """Every problem with ``params`` for attack ``name`` (empty list: fine): unknown names, and
+    values that are not of the parameter's kind or range (see
+    :data:`~robustcompress.attacks.validation.PARAM_RULES`). The one rule book of
+    :func:`run_attack`, ``config check`` and the CLI. ``strict=False`` (calls from Python) still
+    lets pgd take ``steps=0`` (it then judges the random start, e.g. the clean verdict at eps 0);
+    configs and the CLI are strict (0 steps would report a robust accuracy for no attack)."""
+    spec = get_attack(name)
+    accepted = spec.parameters
+    unknown = sorted(set(params) - set(accepted) - set(RESERVED_NAMES))
+    out = [f"attack {spec.name!r} has no parameter(s) {', '.join(unknown)}; it accepts: "
+           f"{', '.join(sorted(k for k in accepted if k not in RESERVED_NAMES)) or 'none'}"] if unknown else []
+    known = {k: v for k, v in params.items() if k not in unknown}
+    min_steps = 0 if spec.name == "pgd" and not strict else 1
+    out += check_param_values(spec.name, known, accepted, min_steps=min_steps)
+    inner = params.get("attack_params") if spec.kind == "transfer" else None
+    if inner is not None:
+        craft = params.get("attack", accepted.get("attack"))
+        if not isinstance(inner, dict) or not isinstance(craft, str):
+            return out + [f"{spec.name}: attack must be an attack name and attack_params a mapping "
+                          f"of its parameters, got {craft!r} and {inner!r}"]
+        out += validate_attack_params(craft, inner, strict=strict)
+    return out
+
+
 def run_attack(
     name: str,
     model: nn.Module,
@@ -126,14 +159,11 @@ def run_attack(
     spec = get_attack(name)
     if not isinstance(threat, ThreatModel):
         raise UserInputError("threat must be a ThreatModel; build one with ThreatModel.from_spec(...)")
+    problems = validate_attack_params(spec.name, params, strict=False)
+    if problems:
+        raise UserInputError("; ".join(problems))
     check_attack_inputs(model, x, y, threat)
     accepted = spec.parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise UserInputError(
-            f"attack {spec.name!r} has no parameter(s) {', '.join(unknown)}; it accepts: "
-            f"{', '.join(sorted(accepted)) or 'none'}"
-        )
     kwargs = dict(params)
     if "generator" in accepted:
         kwargs["generator"] = generator
@@ -150,14 +180,15 @@ def run_attack(
     if batch_size is not None and batch_size < 1:
         raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
     _warn_if_batchnorm_trains(model)
+    warn_if_dropout_trains(model)
     y = y.long()
     start = time.perf_counter()
-    if batch_size is None or batch_size >= x.shape[0]:
-        result = spec.fn(model, x, y, threat, **kwargs)
-    else:
-        result = AttackResult.concat(
-            [spec.fn(model, xb, yb, threat, **kwargs) for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
-        )
+    with first_forward_checked(model, y):  # finite logits, labels within the model's classes
+        if batch_size is None or batch_size >= x.shape[0]:
+            result = spec.fn(model, x, y, threat, **kwargs)
+        else:
+            result = AttackResult.concat([spec.fn(model, xb, yb, threat, **kwargs)
+                                          for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
     result.time_s = time.perf_counter() - start
     return result
 
