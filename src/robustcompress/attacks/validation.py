@@ -30,7 +30,7 @@ from robustcompress.errors import UserInputError
 PARAM_RULES = MappingProxyType({
     "steps": ("int", 1), "restarts": ("int", 1), "binary_search_steps": ("int", 1),
     "max_iter": ("int", 1), "n_queries": ("int", 1), "n_target_classes": ("int", 1),
-    "candidates": ("int", 2), "max_rows": ("int", 1),
+    "candidates": ("int", 2), "max_rows": ("int", 1), "boundary_search": ("int", 0),
     "step_size": ("real", "pos"), "lr": ("real", "pos"), "initial_const": ("real", "pos"),
     "sigma": ("real", "pos"), "alpha": ("real", "nonneg"), "decay": ("real", "nonneg"),
     "overshoot": ("real", "nonneg"), "confidence": ("real", "nonneg"), "p_init": ("real", "frac"),
