@@ -80,6 +80,7 @@ def attack_cmd(
     import torch
 
     from robustcompress.attacks import ThreatModel, get_attack, mc_predict, run_attack_sweep
+    from robustcompress.attacks.registry import validate_attack_params
     from robustcompress.device import resolve_device
 
     spec = get_attack(attack)
@@ -90,6 +91,9 @@ def attack_cmd(
             params[key] = value
     if paper:
         params["paper"] = True
+    problems = validate_attack_params(spec.name, params, strict=True)  # before loading anything
+    if problems:
+        raise UserInputError("; ".join(problems))
     dev = resolve_device(device)
     model, info, x, y = _load_model_and_data(checkpoint, data_dir, n, dev)
     if spec.kind == "transfer":
