@@ -38,6 +38,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustcompress.errors import ConfigError
+from robustcompress.experiments.config_checks import (
+    MAX_VARIANTS,
+    check_config,
+    grid_size,
+    load_yaml,
+    safe_run_name,
+)
 from robustcompress.experiments.config_sources import (  # noqa: F401  (part of this schema)
     DatasetSection,
     InputSection,
@@ -149,7 +156,7 @@ class ExperimentConfig(_Strict):
     # CPU threads for torch (None: torch's default). Small models run fastest on 1 thread, and
     # several threads collapse when other processes share the cores (measured 40x slower).
     threads: Optional[int] = Field(default=None, ge=1)
-    output_dir: Optional[str] = None
+    output_dir: Optional[str] = None  # any folder you choose; default runs/<name>
     dataset: DatasetSection
     model: ModelSection = Field(default_factory=ModelSection)
     training: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields
@@ -159,6 +166,11 @@ class ExperimentConfig(_Strict):
     report: ReportSection = Field(default_factory=ReportSection)
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     paper_reference: list[PaperRow] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return safe_run_name(v)
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -246,12 +258,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist; ready configs are in configs/ "
                           "(try `robustcompress config list`)")
-    text = path.read_text()
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data, root = load_yaml(path.read_text(), str(path))
     cfg = parse_config(data or {}, source=str(path), root_node=root, base_dir=Path(os.path.abspath(path)).parent)
     if cfg.output_dir is None:
         cfg = cfg.model_copy(update={"output_dir": str(Path("runs") / cfg.name)})
@@ -320,6 +327,8 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
                             f"{d.method!r}; choose one of {', '.join(defenses)}")
             continue
         spec = defenses[d.method]
+        if grid_size(d.grid) > MAX_VARIANTS:
+            continue  # too large to expand: reported by check_config
         for combo in expand_grid(d.grid) or [{}]:
             try:
                 spec.Params(**{**d.params, **combo})
@@ -376,29 +385,9 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
             key = ".".join(str(x) for x in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{where(('training', key))}: training.{key}: {msg}")
-    problems += _check_eps_units(cfg, source, where)
+    problems += check_config(cfg, where)  # attack parameters, eps, defense graph, grid size
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-
-
-def _check_eps_units(cfg: ExperimentConfig, source: str, where) -> list[str]:
-    """Parse every eps now, so wrong units (eps=8 on [0,1] images) fail before any training."""
-    from robustcompress.data import DATASETS
-
-    if cfg.dataset.name not in DATASETS:  # reported elsewhere
-        return []
-    bounds = dataset_bounds(cfg)
-    from robustcompress.attacks import ThreatModel
-    from robustcompress.errors import UserInputError
-
-    out = []
-    for i, t in enumerate(cfg.evaluation.threats):
-        for j, eps in enumerate(t.eps):
-            try:
-                ThreatModel.from_spec(norm=t.norm, eps=eps, bounds=bounds, eps_scale=t.eps_scale)
-            except UserInputError as e:
-                out.append(f"{where(('evaluation', 'threats', i, 'eps', j))}: evaluation.threats[{i}].eps[{j}]: {e}")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
