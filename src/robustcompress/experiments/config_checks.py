@@ -62,9 +62,10 @@ def load_yaml(text: str, source: str) -> tuple[Any, Optional[yaml.Node]]:
         root = yaml.compose(text)
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except _DuplicateKey as e:
-        raise ConfigError(f"{source} (line {e.again}): duplicate key {e.key!r} (first at line {e.first}) "
-                          "in the same mapping; YAML would silently keep only the last value, so "
-                          "remove one of them (or merge their values)") from None
+        first = "earlier on the same line" if e.first == e.again else f"first at line {e.first}"
+        raise ConfigError(f"{source} (line {e.again}): duplicate key {e.key!r} ({first}) in the same "
+                          "mapping; YAML would silently keep only the last value, so remove one of "
+                          "them (or merge their values)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     return data, root
