@@ -82,7 +82,11 @@ def test_round_toy_zero_gradient_flagged_and_broken_by_bpda(round_model, digits_
     flags = _flags(naive.flags)
     assert flags["zero_gradients"].raised and flags["zero_gradients"].values["fraction"] == 1.0
     assert flags["large_eps_not_zero"].raised
-    assert naive.robust_accuracy > 0.7  # the naive gradient attacker sees nothing
+    white = [a for a in naive.attacks if a.kind == "white-box"]
+    assert white[-1].robust_accuracy > 0.7  # the naive gradient attacker sees nothing ...
+    # ... so, although square_queries=0, Square joins the cascade and finds the truth
+    assert naive.settings["gradient_free_forced"] and naive.attacks[-1].label == "square"
+    assert naive.robust_accuracy < 0.05
     bpda = evaluate_robustness(round_model, x, y, threat, bpda="identity",
                                generator=torch.Generator().manual_seed(0), **kw)
     assert bpda.robust_accuracy < 0.05

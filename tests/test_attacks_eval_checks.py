@@ -67,7 +67,7 @@ def test_masking_checks_clear_on_plain_linear_model():
                            square_queries=50, generator=g)
     names = [f.name for f in flags]
     assert names == ["zero_gradients", "iterative_weaker", "more_steps_help",
-                     "large_eps_not_zero", "blackbox_stronger"]
+                     "not_monotone_in_eps", "large_eps_not_zero", "blackbox_stronger"]
     assert not any(f.raised for f in flags), [f.line() for f in flags]
 
 

@@ -43,10 +43,18 @@ from robustcompress.attacks.base import (
     prediction,
     reached_goal,
 )
-from robustcompress.attacks.checks import DEFAULT_TOL, Flag, masking_checks
+from robustcompress.attacks.checks import (
+    DEFAULT_TOL,
+    Flag,
+    check_undeclared_randomness,
+    gradient_check,
+    masking_checks,
+)
+from robustcompress.attacks.probe import declare_randomness
+from robustcompress.attacks.robustness_report import AttackRecord, RobustnessReport, jsonable
 from robustcompress.attacks.registry import get_attack, run_attack, validate_attack_params
 from robustcompress.attacks.threat import ThreatModel
-from robustcompress.attacks.validation import check_batch_and_dtype, check_logits
+from robustcompress.attacks.validation import check_batch_and_dtype, check_logits, check_within_threat
 from robustcompress.errors import UserInputError
 from robustcompress.nn.protocol import model_properties, straight_through
 from robustcompress.nn.ste import _check as _check_surrogate
@@ -57,124 +65,12 @@ DEFAULT_EOT = 20
 DEFAULT_MC = 100
 #: Samples the masking checks run on (they run several attacks; a subset keeps them cheap).
 DEFAULT_CHECK_SAMPLES = 256
+#: Mixed into the master seed for the pre-cascade gradient check's own stream.
+GRADIENT_CHECK_SEED = 0x6A7D
+#: Square's budget when it is added because the gradients look masked and the battery had none.
+FORCED_SQUARE_QUERIES = 1000
 
 AttackEntry = Union[str, tuple, dict]
-
-
-@dataclass
-class AttackRecord:
-    """One attack of the cascade and what it achieved on the points still robust before it."""
-
-    label: str
-    attack: str
-    kind: str
-    params: dict
-    attempted: int
-    broken: int
-    robust_accuracy: float
-    fooled_any: int
-    disagreements: int
-    seconds: float
-    seed: int
-
-    def to_dict(self) -> dict:
-        return {k: _jsonable(v) for k, v in self.__dict__.items()}
-
-
-@dataclass
-class RobustnessReport:
-    """Result of :func:`evaluate_robustness`.
-
-    Attributes
-    ----------
-    n : number of inputs evaluated.
-    clean_accuracy : accuracy on the clean inputs (MC-averaged prediction if stochastic).
-    robust_accuracy : worst case over the whole battery, after independent re-evaluation.
-    fooled_any_rate : share of inputs misclassified in at least one draw by some attack (equal
-        to ``1 - robust_accuracy`` for deterministic models).
-    attacks : one :class:`AttackRecord` per attack, in cascade order (``robust_accuracy`` there is
-        the accuracy after that attack).
-    flags : gradient-masking checks (:class:`robustcompress.attacks.checks.Flag`).
-    per_sample : ``clean_correct``, ``robust``, ``fooled_any`` (bool ``[n]``), ``broken_by``
-        (``[n]`` int: index into ``attacks``, ``-1`` still robust, ``-2`` misclassified clean) and
-        ``true_prob`` (``[n]``: MC-averaged probability of the label at the kept point, one
-        more independent draw; the worst case per sample).
-    settings : EOT, MC, BPDA, seeds, battery, threat model and model properties.
-    timings : seconds for the clean pass, each attack, the checks and the total.
-    x_adv : the adversarial kept per sample (the breaking one, else the last tried); not in JSON.
-    """
-
-    n: int
-    clean_accuracy: float
-    robust_accuracy: float
-    fooled_any_rate: float
-    attacks: list[AttackRecord]
-    flags: list[Flag]
-    per_sample: dict[str, torch.Tensor]
-    settings: dict
-    timings: dict
-    x_adv: Optional[torch.Tensor] = field(default=None, repr=False)
-
-    @property
-    def raised_flags(self) -> list[Flag]:
-        return [f for f in self.flags if f.raised]
-
-    def to_dict(self) -> dict:
-        """JSON-serialisable summary (per-sample tensors become lists; ``x_adv`` is left out)."""
-        return {
-            "n": self.n,
-            "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": self.robust_accuracy,
-            "fooled_any_rate": self.fooled_any_rate,
-            "attacks": [a.to_dict() for a in self.attacks],
-            "flags": [f.to_dict() for f in self.flags],
-            "per_sample": {k: v.tolist() for k, v in self.per_sample.items()},
-            "settings": _jsonable(self.settings),
-            "timings": _jsonable(self.timings),
-        }
-
-    def table(self):
-        """A :class:`rich.table.Table` of the cascade (one row per attack)."""
-        from rich.table import Table
-
-        t = Table(title=f"Robustness ({self.settings.get('threat', '')})", show_lines=False)
-        for col in ("attack", "kind", "attacked", "broken", "robust acc", "fooled any", "time (s)"):
-            t.add_column(col, justify="left" if col in ("attack", "kind") else "right")
-        t.add_row("clean", "-", str(self.n), str(self.n - int(self.per_sample["clean_correct"].sum())),
-                  f"{self.clean_accuracy:.2%}", "-", f"{self.timings.get('clean', 0.0):.1f}")
-        for a in self.attacks:
-            t.add_row(a.label, a.kind, str(a.attempted), str(a.broken), f"{a.robust_accuracy:.2%}",
-                      str(a.fooled_any), f"{a.seconds:.1f}")
-        t.add_row("worst", "", "", "", f"{self.robust_accuracy:.2%}",
-                  f"{self.fooled_any_rate:.2%}", f"{self.timings.get('total', 0.0):.1f}")
-        return t
-
-    def render(self, console=None) -> None:
-        """Print the table, the settings line and every flag (raised ones in red)."""
-        from rich.console import Console
-
-        console = console or Console()
-        console.print(self.table())
-        s = self.settings
-        console.print(f"EOT samples {s['eot_samples']}, MC samples {s['mc_samples']}, "
-                      f"BPDA {s['bpda']}, seed {s['seed']}")
-        for f in self.flags:
-            style = "bold red" if f.raised else "green"
-            console.print(f.line(), style=style, markup=False, highlight=False)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
 
 
 def default_battery(
@@ -270,150 +166,220 @@ def evaluate_robustness(
         ``eot_samples`` copies of the batch in one forward), for the attacks that accept it.
     progress : print one line per attack to stderr.
     """
-    if x.shape[0] != y.shape[0]:
-        raise UserInputError(f"{x.shape[0]} inputs but {y.shape[0]} labels; pass one label per input")
-    threat.check_inputs(x)
-    threat.check_model(model)
-    check_batch_and_dtype(model, x)
+    _check_call(model, x, y, threat, attacks, bpda)
     y = y.long()
+    model, undeclared = declare_randomness(model, x)
     props = model_properties(model)
-    eot = (DEFAULT_EOT if eot_samples is None else int(eot_samples)) if props.stochastic else 1
-    mc = (DEFAULT_MC if mc_samples is None else int(mc_samples)) if props.stochastic else 1
-    bpda_used = bpda if props.non_differentiable else None
-    _check_surrogate(bpda)
-    for _, name, params in _normalise_battery(attacks or []):  # before any attack runs
-        problems = validate_attack_params(name, params, strict=False)
-        if problems:
-            raise UserInputError("; ".join(problems))
     seed = draw_seed(generator)
-    master = _new_generator(seed, torch.device("cpu"))
-    dev = x.device
-    say = _printer(progress)
+    run = _Run(model, x, y, threat, props,
+               eot=(DEFAULT_EOT if eot_samples is None else int(eot_samples)) if props.stochastic else 1,
+               mc=(DEFAULT_MC if mc_samples is None else int(mc_samples)) if props.stochastic else 1,
+               bpda=bpda if props.non_differentiable else None,
+               master=_new_generator(seed, torch.device("cpu")), seed=seed, batch_size=batch_size,
+               max_rows=max_rows, say=_printer(progress))
     start_total = time.perf_counter()
-
-    # clean verdict
-    t0 = time.perf_counter()
-    clean_seed = draw_seed(master)
-    logits = draw_logits(model, x, mc_samples=mc, generator=_new_generator(clean_seed, dev),
-                         batch_size=batch_size)
-    check_logits(logits, y, draws=True)  # finite on every clean input, labels within its classes
-    clean_correct = ~reached_goal(prediction(logits), y, threat.targeted)  # judged like attacks
-    timings: dict[str, float] = {"clean": time.perf_counter() - t0}
-    n = int(x.shape[0])
-    clean_acc = float(clean_correct.double().mean()) if n else math.nan
-    say(f"clean accuracy {clean_acc:.2%} on {n} inputs ({threat.describe()}; EOT {eot}, MC {mc}"
-        + (f", BPDA {bpda}" if bpda_used else "") + ")")
-
-    num_classes = int(logits.shape[2])
+    clean_seed, clean_correct, num_classes = _clean_verdict(run)
+    m = min(run.n, int(check_samples))
+    grad_flag = _gradient_flag(run, m) if run.n else None
     battery = (default_battery(threat, num_classes, apgd_steps=apgd_steps, n_restarts=n_restarts,
                                square_queries=square_queries, surrogate=surrogate_model is not None)
                if attacks is None else _normalise_battery(attacks))
-    robust = clean_correct.clone()
-    fooled_any = ~clean_correct
-    broken_by = torch.where(clean_correct, -1, -2).to(device=dev, dtype=torch.long)
-    x_adv = x.detach().clone()
-    records: list[AttackRecord] = []
-    for i, (label, name, params) in enumerate(battery):
-        spec = get_attack(name)
-        params = dict(params)
-        if name == "transfer" and "surrogate" in spec.parameters and "surrogate" not in params:
-            if surrogate_model is None:
-                raise UserInputError("the transfer attack needs surrogate_model=...")
-            params["surrogate"] = surrogate_model
-        attack_seed, reeval_seed = draw_seed(master), draw_seed(master)
-        idx = robust.nonzero().flatten()
-        t0 = time.perf_counter()
-        broken_count = fooled_count = disagree = 0
-        if idx.numel():
-            kw: dict[str, Any] = {}
-            if "eot_samples" in spec.parameters and props.stochastic:
-                kw["eot_samples"] = eot
-            if "mc_samples" in spec.parameters:
-                kw["mc_samples"] = mc
-            if max_rows is not None and "max_rows" in spec.parameters:
-                kw["max_rows"] = max_rows
-            white = spec.kind in ("white-box", "minimal")
-            scope = (straight_through(model, bpda) if (bpda_used and white)
-                     else contextlib.nullcontext())
-            with scope:
-                res = run_attack(name, model, x[idx], y[idx], threat,
-                                 generator=_new_generator(attack_seed, dev), batch_size=batch_size,
-                                 **kw, **params)
-            # independent re-evaluation of every adversarial: fresh draws, exact forward
-            success, any_draw, _ = judge(model, res.x_adv, y[idx], threat, mc,
-                                         _new_generator(reeval_seed, dev), batch_size)
-            broken = success
-            robust[idx[broken]] = False
-            broken_by[idx[broken]] = i
-            x_adv[idx] = res.x_adv.detach()
-            fooled_any[idx] |= any_draw | res.fooled_any
-            broken_count = int(broken.sum())
-            fooled_count = int((any_draw | res.fooled_any).sum())
-            disagree = int((res.success != success).sum())
-            params_rec = res.params
-        else:
-            params_rec = {k: v for k, v in params.items() if k != "surrogate"}
-        seconds = time.perf_counter() - t0
-        timings[label] = seconds
-        rec = AttackRecord(label, name, spec.kind, _jsonable(params_rec), int(idx.numel()),
-                           broken_count, float(robust.double().mean()) if n else math.nan,
-                           fooled_count, disagree, seconds, attack_seed)
-        records.append(rec)
-        say(f"{label:>10}: attacked {rec.attempted}, broke {rec.broken}, robust accuracy "
-            f"{rec.robust_accuracy:.2%} ({seconds:.1f} s)")
-
+    forced = attacks is None and _force_gradient_free(battery, threat, grad_flag)
+    state = _Cascade.start(clean_correct, x)
+    records = [_cascade_step(run, state, i, entry, surrogate_model)
+               for i, entry in enumerate(battery)]
     # worst case per sample: the (MC-averaged) probability of the true class at the kept point
-    final_probs = mc_predict(model, x_adv, mc_samples=mc,
-                             generator=child_generator(master, dev), batch_size=batch_size)
-    true_prob = final_probs.gather(1, y[:, None]).squeeze(1) if n else final_probs.new_zeros(0)
-
-    flags: list[Flag] = []
-    if checks and n:
+    final_probs = mc_predict(model, state.x_adv, mc_samples=run.mc,
+                             generator=child_generator(run.master, run.dev), batch_size=batch_size)
+    true_prob = final_probs.gather(1, y[:, None]).squeeze(1) if run.n else final_probs.new_zeros(0)
+    flags: list[Flag] = [check_undeclared_randomness(undeclared)] if undeclared else []
+    if checks and run.n:
         t0 = time.perf_counter()
-        m = min(n, int(check_samples))
-        whitebox_acc, others = _cascade_comparison(records, clean_acc, n)
-        flags = masking_checks(
-            model, x[:m], y[:m], threat, generator=child_generator(master, dev),
-            eot_samples=eot if props.stochastic else None, mc_samples=mc, bpda=bpda_used,
+        whitebox_acc, others = _cascade_comparison(records, run.clean_acc, run.n)
+        flags += masking_checks(
+            model, x[:m], y[:m], threat, generator=child_generator(run.master, run.dev),
+            eot_samples=run.eot if props.stochastic else None, mc_samples=run.mc, bpda=run.bpda,
             steps=check_steps, whitebox_accuracy=whitebox_acc, blackbox_accuracies=others,
-            tol=tol, batch_size=batch_size,
-        )
-        timings["checks"] = time.perf_counter() - t0
-        for f in flags:
-            if f.raised:
-                say(f.line())
-    timings["total"] = time.perf_counter() - start_total
+            tol=tol, batch_size=batch_size, gradient_flag=grad_flag)
+        run.timings["checks"] = time.perf_counter() - t0
+    for f in flags:
+        if f.raised:
+            run.say(f.line())
+    run.timings["total"] = time.perf_counter() - start_total
     settings = {
         "threat": threat.describe(),
         "norm": threat.norm, "eps": threat.eps, "bounds": list(threat.bounds),
         "targeted": threat.targeted,
-        "eot_samples": eot, "mc_samples": mc, "bpda": bpda_used, "seed": seed,
+        "eot_samples": run.eot, "mc_samples": run.mc, "bpda": run.bpda, "seed": seed,
         "clean_seed": clean_seed,
-        "battery": [{"label": lb, "attack": nm, "params": _jsonable(
+        "battery": [{"label": lb, "attack": nm, "params": jsonable(
             {k: v for k, v in pr.items() if k != "surrogate"})} for lb, nm, pr in battery],
+        "gradient_free_forced": forced, "undeclared_randomness": undeclared,
         "n_restarts": n_restarts, "apgd_steps": apgd_steps, "square_queries": square_queries,
         "batch_size": batch_size, "max_rows": max_rows,
-        "checks": {"enabled": checks, "samples": min(n, check_samples), "steps": check_steps,
-                   "tol": tol},
+        "checks": {"enabled": checks, "samples": m, "steps": check_steps, "tol": tol},
         "stochastic_modules": list(props.stochastic_modules),
         "non_differentiable_modules": list(props.non_differentiable_modules),
         "surrogate_model": surrogate_model is not None,
         "torch": torch.__version__,
     }
     return RobustnessReport(
-        n=n,
-        clean_accuracy=clean_acc,
-        robust_accuracy=float(robust.double().mean()) if n else math.nan,
-        fooled_any_rate=float(fooled_any.double().mean()) if n else math.nan,
-        attacks=records,
-        flags=flags,
-        per_sample={"clean_correct": clean_correct.cpu(), "robust": robust.cpu(),
-                    "fooled_any": fooled_any.cpu(), "broken_by": broken_by.cpu(),
+        n=run.n, clean_accuracy=run.clean_acc,
+        robust_accuracy=float(state.robust.double().mean()) if run.n else math.nan,
+        fooled_any_rate=float(state.fooled_any.double().mean()) if run.n else math.nan,
+        attacks=records, flags=flags,
+        per_sample={"clean_correct": clean_correct.cpu(), "robust": state.robust.cpu(),
+                    "fooled_any": state.fooled_any.cpu(), "broken_by": state.broken_by.cpu(),
                     "true_prob": true_prob.cpu()},
-        settings=settings,
-        timings=timings,
-        x_adv=x_adv,
-    )
+        settings=settings, timings=run.timings, x_adv=state.x_adv)
+
+
+def _check_call(model, x, y, threat, attacks, bpda) -> None:
+    """Every input check, before any forward pass."""
+    if x.shape[0] != y.shape[0]:
+        raise UserInputError(f"{x.shape[0]} inputs but {y.shape[0]} labels; pass one label per input")
+    threat.check_inputs(x)
+    threat.check_model(model)
+    check_batch_and_dtype(model, x)
+    _check_surrogate(bpda)
+    for _, name, params in _normalise_battery(attacks or []):  # before any attack runs
+        problems = validate_attack_params(name, params, strict=False)
+        if problems:
+            raise UserInputError("; ".join(problems))
+
+
+@dataclass
+class _Run:
+    """What every stage of one evaluation shares."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    threat: ThreatModel
+    props: Any
+    eot: int
+    mc: int
+    bpda: Optional[str]
+    master: torch.Generator
+    seed: int
+    batch_size: Optional[int]
+    max_rows: Optional[int]
+    say: Any
+    timings: dict = field(default_factory=dict)
+    clean_acc: float = math.nan
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dev(self) -> torch.device:
+        return self.x.device
+
+    def bpda_scope(self, white: bool = True):
+        return straight_through(self.model, self.bpda) if (self.bpda and white) else contextlib.nullcontext()
+
+
+def _clean_verdict(run: _Run) -> tuple[int, torch.Tensor, int]:
+    """(seed, clean_correct, number of classes): the clean inputs judged like every attack."""
+    t0 = time.perf_counter()
+    seed = draw_seed(run.master)
+    logits = draw_logits(run.model, run.x, mc_samples=run.mc, generator=_new_generator(seed, run.dev),
+                         batch_size=run.batch_size)
+    check_logits(logits, run.y, draws=True)  # finite on every clean input, labels within its classes
+    correct = ~reached_goal(prediction(logits), run.y, run.threat.targeted)
+    run.timings["clean"] = time.perf_counter() - t0
+    run.clean_acc = float(correct.double().mean()) if run.n else math.nan
+    run.say(f"clean accuracy {run.clean_acc:.2%} on {run.n} inputs ({run.threat.describe()}; "
+            f"EOT {run.eot}, MC {run.mc}" + (f", BPDA {run.bpda}" if run.bpda else "") + ")")
+    return seed, correct, int(logits.shape[2])
+
+
+def _gradient_flag(run: _Run, m: int) -> Flag:
+    """The zero/vanishing-gradient check (margin and cross-entropy) on the first ``m`` inputs,
+    before the cascade, so a masked model gets a gradient-free attack."""
+    t0 = time.perf_counter()
+    with run.bpda_scope():
+        # its own stream (seeded from the master seed, not drawn from it): the cascade's seeds
+        # stay what they were before this check existed
+        flag = gradient_check(run.model, run.x[:m], run.y[:m], run.threat, eot_samples=run.eot,
+                              generator=_new_generator(run.seed ^ GRADIENT_CHECK_SEED, run.dev))
+    run.timings["gradient_check"] = time.perf_counter() - t0
+    return flag
+
+
+def _force_gradient_free(battery: list, threat: ThreatModel, grad_flag: Optional[Flag]) -> bool:
+    """Append Square to a default battery that has none when gradients look masked (Linf)."""
+    if grad_flag is None or not grad_flag.raised or threat.norm != "linf":
+        return False
+    if any(name == "square" for _, name, _ in battery):
+        return False
+    battery.append(("square", "square", {"n_queries": FORCED_SQUARE_QUERIES}))
+    return True
+
+
+@dataclass
+class _Cascade:
+    """Per-sample state of the cascade."""
+
+    robust: torch.Tensor
+    fooled_any: torch.Tensor
+    broken_by: torch.Tensor
+    x_adv: torch.Tensor
+
+    @classmethod
+    def start(cls, clean_correct: torch.Tensor, x: torch.Tensor) -> "_Cascade":
+        return cls(clean_correct.clone(), ~clean_correct,
+                   torch.where(clean_correct, -1, -2).to(device=x.device, dtype=torch.long),
+                   x.detach().clone())
+
+
+def _cascade_step(run: _Run, state: _Cascade, i: int, entry: tuple, surrogate_model) -> AttackRecord:
+    """Attack the points still robust with battery entry ``i``; a point counts as broken only if
+    its adversarial lies in the threat model and an independent verdict (fresh draws) says so."""
+    label, name, params = entry
+    spec = get_attack(name)
+    params = dict(params)
+    if name == "transfer" and "surrogate" in spec.parameters and "surrogate" not in params:
+        if surrogate_model is None:
+            raise UserInputError("the transfer attack needs surrogate_model=...")
+        params["surrogate"] = surrogate_model
+    attack_seed, reeval_seed = draw_seed(run.master), draw_seed(run.master)
+    idx = state.robust.nonzero().flatten()
+    t0 = time.perf_counter()
+    broken_count = fooled_count = disagree = 0
+    params_rec = {k: v for k, v in params.items() if k != "surrogate"}
+    if idx.numel():
+        kw: dict[str, Any] = {}
+        if "eot_samples" in spec.parameters and run.props.stochastic:
+            kw["eot_samples"] = run.eot
+        if "mc_samples" in spec.parameters:
+            kw["mc_samples"] = run.mc
+        if run.max_rows is not None and "max_rows" in spec.parameters:
+            kw["max_rows"] = run.max_rows
+        with run.bpda_scope(spec.kind in ("white-box", "minimal")):
+            res = run_attack(name, run.model, run.x[idx], run.y[idx], run.threat,
+                             generator=_new_generator(attack_seed, run.dev),
+                             batch_size=run.batch_size, **kw, **params)
+        # independent re-evaluation of every adversarial: fresh draws, exact forward
+        success, any_draw, _ = judge(run.model, res.x_adv, run.y[idx], run.threat, run.mc,
+                                     _new_generator(reeval_seed, run.dev), run.batch_size)
+        check_within_threat(res.x_adv[success], run.x[idx][success], run.threat, label)
+        state.robust[idx[success]] = False
+        state.broken_by[idx[success]] = i
+        state.x_adv[idx] = res.x_adv.detach()
+        state.fooled_any[idx] |= any_draw | res.fooled_any
+        broken_count, disagree = int(success.sum()), int((res.success != success).sum())
+        fooled_count = int((any_draw | res.fooled_any).sum())
+        params_rec = res.params
+    seconds = time.perf_counter() - t0
+    run.timings[label] = seconds
+    rec = AttackRecord(label, name, spec.kind, jsonable(params_rec), int(idx.numel()),
+                       broken_count, float(state.robust.double().mean()) if run.n else math.nan,
+                       fooled_count, disagree, seconds, attack_seed)
+    run.say(f"{label:>10}: attacked {rec.attempted}, broke {rec.broken}, robust accuracy "
+            f"{rec.robust_accuracy:.2%} ({seconds:.1f} s)")
+    return rec
 
 
 def _cascade_comparison(records: list[AttackRecord], clean_acc: float,

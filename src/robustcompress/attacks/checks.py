@@ -9,9 +9,15 @@ turns one sign into a :class:`Flag` with a one-line explanation and the numbers 
 ``iterative_weaker``            PGD leaves a higher accuracy than one FGSM step.
 ``blackbox_stronger``           Square (gradient-free) or a transfer attack beats white-box.
 ``large_eps_not_zero``          accuracy is not ~0 at a huge budget (Linf: half the box).
-``zero_gradients``              many samples have an all-zero or NaN input gradient.
+``zero_gradients``              many samples have an all-zero, vanishing or NaN input gradient
+                                under the cross-entropy or the margin loss.
 ``more_eot_helps``              4x the EOT samples lowers accuracy a lot (stochastic models).
 ``more_steps_help``             4x the PGD steps lowers accuracy a lot.
+``not_monotone_in_eps``         robust accuracy at eps/2, eps, 2 eps does not fall with eps.
+``undeclared_randomness``       two forwards on the same inputs differ but no module declares
+                                randomness (then attacked with EOT and MC verdicts anyway).
+``paper_adaptive_gap``          the paper protocol's number exceeds the adaptive worst case
+                                by a lot (set by the experiment report, which has both).
 ==============================  ===========================================================
 
 Accuracies are robust accuracies judged like every attack result (MC-averaged prediction for
@@ -41,6 +47,11 @@ from robustcompress.nn.protocol import model_properties, straight_through
 DEFAULT_TOL = 0.05
 #: Fraction of samples with zero/NaN input gradients above which the zero-gradient flag is raised.
 ZERO_GRADIENT_FRACTION = 0.10
+#: An input gradient whose largest entry is at most this is "vanishing" (inputs live in boxes of
+#: width 1 or 2: a saturated softmax gives exactly 0 or denormals).
+VANISHING_GRADIENT = 1e-12
+#: Paper-protocol accuracy above the adaptive worst case by more than this raises the gap flag.
+PAPER_GAP_TOL = 0.10
 
 EXPLANATIONS = {
     "iterative_weaker": "PGD left a higher accuracy than one FGSM step: its gradient leads nowhere",
@@ -50,6 +61,12 @@ EXPLANATIONS = {
     "zero_gradients": "many inputs have a zero/NaN input gradient: use BPDA (bpda=) or EOT",
     "more_eot_helps": "4x more EOT draws lowered accuracy a lot: the number depends on EOT budget",
     "more_steps_help": "4x more PGD steps lowered accuracy a lot: the attack had not converged",
+    "not_monotone_in_eps": "robust accuracy does not fall as eps grows: the attack fails to use "
+                           "the larger budget",
+    "undeclared_randomness": "outputs differ between two forwards but no module declares "
+                             "randomness: attacked with EOT and judged by MC draws anyway",
+    "paper_adaptive_gap": "the paper protocol's number is far above the adaptive worst case: "
+                          "the paper's attack is too weak for this defense",
 }
 
 
@@ -107,19 +124,58 @@ def check_large_eps(acc_large: float, eps_large: float, tol: float = DEFAULT_TOL
     return _flag("large_eps_not_zero", acc_large > tol, accuracy=acc_large, eps=eps_large, tol=tol)
 
 
-def zero_gradient_mask(grad: torch.Tensor) -> torch.Tensor:
-    """Per sample: the input gradient is all zero, or contains NaN/inf."""
+def zero_gradient_mask(grad: torch.Tensor, vanish: float = VANISHING_GRADIENT) -> torch.Tensor:
+    """Per sample: the input gradient is all (nearly) zero, or contains NaN/inf."""
     flat = grad.flatten(1)
-    return (flat == 0).all(dim=1) | ~torch.isfinite(flat).all(dim=1)
+    return (flat.abs() <= vanish).all(dim=1) | ~torch.isfinite(flat).all(dim=1)
 
 
-def check_zero_gradients(grad: torch.Tensor, threshold: float = ZERO_GRADIENT_FRACTION) -> Flag:
-    """Raised when more than ``threshold`` of the samples have a zero or NaN input gradient."""
-    bad = zero_gradient_mask(grad)
-    frac = float(bad.double().mean()) if bad.numel() else 0.0
+def check_zero_gradients(grad: torch.Tensor, threshold: float = ZERO_GRADIENT_FRACTION,
+                         grad_ce: Optional[torch.Tensor] = None) -> Flag:
+    """Raised when more than ``threshold`` of the samples have a zero, vanishing or NaN input
+    gradient under the margin loss (``grad``) or the cross-entropy (``grad_ce``): a saturated
+    softmax zeroes the second only."""
+    fracs = {}
+    for name, g in (("margin", grad), ("ce", grad_ce)):
+        if g is not None:
+            bad = zero_gradient_mask(g)
+            fracs[name] = float(bad.double().mean()) if bad.numel() else 0.0
     nan = int((~torch.isfinite(grad.flatten(1)).all(dim=1)).sum())
-    return _flag("zero_gradients", frac > threshold, fraction=frac, nan_samples=nan,
+    worst = max(fracs.values())
+    return _flag("zero_gradients", worst > threshold, fraction=worst,
+                 **{f"fraction_{k}": v for k, v in fracs.items()}, nan_samples=nan,
                  threshold=threshold)
+
+
+def check_eps_monotone(acc_half: float, acc: float, acc_double: float, eps: float,
+                       tol: float = DEFAULT_TOL) -> Flag:
+    """Raised when robust accuracy rises by more than ``tol`` from eps/2 to eps or eps to 2 eps."""
+    raised = acc > acc_half + tol or acc_double > acc + tol
+    return _flag("not_monotone_in_eps", raised, eps=eps, accuracy_half=acc_half, accuracy=acc,
+                 accuracy_double=acc_double, tol=tol)
+
+
+def check_undeclared_randomness(found: bool) -> Flag:
+    """Raised when :func:`robustcompress.attacks.probe.declare_randomness` found noise."""
+    return _flag("undeclared_randomness", found, found=bool(found))
+
+
+def check_paper_gap(acc_paper: float, acc_adaptive: float, attack: str,
+                    tol: float = PAPER_GAP_TOL) -> Flag:
+    """Raised when the paper protocol's accuracy exceeds the adaptive worst case by > ``tol``."""
+    return _flag("paper_adaptive_gap", acc_paper > acc_adaptive + tol, paper_accuracy=acc_paper,
+                 adaptive_accuracy=acc_adaptive, paper_attack=attack, tol=tol)
+
+
+def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                   eot_samples: int, generator: Optional[torch.Generator],
+                   threshold: float = ZERO_GRADIENT_FRACTION) -> Flag:
+    """The zero-gradient check on ``(x, y)``: input gradients of the margin and the cross-entropy
+    losses (two backward passes, ``eot_samples`` draws each). Run inside the BPDA scope."""
+    grads = [input_gradient(model, x, y, loss=loss, eot_samples=eot_samples,
+                            generator=child_generator(generator, x.device),
+                            targeted=threat.targeted)[1] for loss in ("cw", "ce")]
+    return check_zero_gradients(grads[0], threshold, grad_ce=grads[1])
 
 
 def check_more_eot(acc_n: float, acc_4n: float, n: int, tol: float = DEFAULT_TOL) -> Flag:
@@ -141,6 +197,11 @@ def large_eps(threat: ThreatModel, shape: tuple[int, ...]) -> float:
     return half if threat.norm == "linf" else half * math.sqrt(math.prod(shape))
 
 
+def _doubled(threat: ThreatModel, x: torch.Tensor) -> ThreatModel:
+    """The threat at 2 eps, capped at the large budget (eps must stay inside the box)."""
+    return threat.with_eps(min(2 * threat.eps, large_eps(threat, tuple(x.shape[1:]))))
+
+
 def masking_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -158,6 +219,7 @@ def masking_checks(
     tol: float = DEFAULT_TOL,
     zero_threshold: float = ZERO_GRADIENT_FRACTION,
     batch_size: Optional[int] = None,
+    gradient_flag: Optional[Flag] = None,
 ) -> list[Flag]:
     """Run the gradient-masking checks on ``(x, y)`` and return one :class:`Flag` per check.
 
@@ -175,6 +237,7 @@ def masking_checks(
     whitebox_accuracy, blackbox_accuracies : accuracies measured elsewhere (e.g. by the adaptive
         evaluation's cascade) to compare instead of / in addition to running Square here.
     tol, zero_threshold : see :data:`DEFAULT_TOL` and :data:`ZERO_GRADIENT_FRACTION`.
+    gradient_flag : the zero-gradient flag if already computed (:func:`gradient_check`).
     """
     eot = resolve_draws(model, eot_samples, 20)
     stochastic = model_properties(model).stochastic
@@ -189,14 +252,17 @@ def masking_checks(
 
     flags: list[Flag] = []
     with scope:
-        _, grad = input_gradient(model, x, y, loss="cw", eot_samples=eot,
-                                 generator=child_generator(generator, x.device), targeted=threat.targeted)
-        flags.append(check_zero_gradients(grad, zero_threshold))
+        flags.append(gradient_flag or gradient_check(model, x, y, threat, eot_samples=eot,
+                                                     generator=generator, threshold=zero_threshold))
         acc_fgsm = acc("fgsm")
         acc_k = acc("pgd", steps=steps)
         acc_4k = acc("pgd", steps=4 * steps)
         flags.append(check_iterative_weaker(acc_fgsm, acc_k, tol))
         flags.append(check_more_steps(acc_k, acc_4k, steps, tol))
+        if threat.eps > 0:
+            half = acc("pgd", threat.with_eps(threat.eps / 2), steps=steps)
+            double = acc("pgd", _doubled(threat, x), steps=steps)
+            flags.append(check_eps_monotone(half, acc_k, double, threat.eps, tol))
         if stochastic:
             acc_4n = run_attack("pgd", model, x, y, threat, generator=child_generator(generator, x.device),
                                 steps=steps, eot_samples=4 * eot, **common).robust_accuracy

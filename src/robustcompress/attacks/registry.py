@@ -33,6 +33,7 @@ from robustcompress.attacks.threat import ThreatModel
 from robustcompress.attacks.validation import (
     RESERVED,
     check_param_values,
+    check_within_threat,
     first_forward_checked,
     warn_if_dropout_trains,
 )
@@ -190,6 +191,9 @@ def run_attack(
             result = AttackResult.concat([spec.fn(model, xb, yb, threat, **kwargs)
                                           for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
     result.time_s = time.perf_counter() - start
+    # a minimal-perturbation attack without a budget (eps 0) has no ball to stay in
+    check_within_threat(result.x_adv[result.success], x[result.success], threat, spec.name,
+                        ball=threat.eps > 0 or spec.kind != "minimal")
     return result
 
 

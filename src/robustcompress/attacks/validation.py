@@ -9,6 +9,8 @@
   :func:`first_forward_checked` on an attack's first forward): the model's output is a finite
   ``[batch, classes]`` tensor and every label is one of its classes.
 * :func:`warn_if_dropout_trains`: ``nn.Dropout`` left in training mode (undeclared randomness).
+* :func:`check_within_threat`: every point counted as a break lies in the eps-ball and the box
+  (re-checked after the attack, so an attack that does not project cannot inflate its score).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from robustcompress.errors import UserInputError
+from robustcompress.errors import ThreatModelError, UserInputError
 
 #: rule of each parameter name: ("int", minimum), ("real", "pos" | "nonneg" | "frac"), ("bool",)
 #: or ("bool?",) (true, false or null). Names not listed are checked by the attack itself.
@@ -172,3 +174,29 @@ def warn_if_dropout_trains(model: nn.Module) -> None:
             "test-time randomness (it is attacked with EOT)",
             stacklevel=3,
         )
+
+
+def check_within_threat(x_adv: torch.Tensor, x: torch.Tensor, threat, attack: str, *,
+                        ball: bool = True) -> None:
+    """Refuse adversarials counted as breaks that leave the input box or (``ball``) the eps-ball,
+    naming the attack: its number would count points no attacker within the budget can reach."""
+    if x_adv.numel() == 0:
+        return
+    from robustcompress.attacks.base import within_budget
+    from robustcompress.attacks.threat import BOUNDS_TOL
+
+    lo, hi = threat.bounds
+    flat = x_adv.detach().flatten(1)
+    outside_box = ((flat < lo - BOUNDS_TOL) | (flat > hi + BOUNDS_TOL)).any(dim=1)
+    # x_adv - x carries the rounding of the input dtype (float32 near 1: ~1e-7 per entry)
+    ulp = torch.finfo(x_adv.dtype).eps * 4 * max(abs(lo), abs(hi), 1.0)
+    slack = ulp * (math.sqrt(flat.shape[1]) if threat.norm == "l2" else 1.0)
+    norm = threat.norm_of(x_adv.detach() - x)
+    over = ~within_budget(norm - slack, threat.eps) if ball else torch.zeros_like(outside_box)
+    bad = outside_box | over
+    if bool(bad.any()):
+        raise ThreatModelError(
+            f"attack {attack!r} returned {int(bad.sum())} adversarial point(s) counted as breaks "
+            f"outside the threat model ({int(over.sum())} beyond {threat.norm} eps={threat.eps:g}, "
+            f"{int(outside_box.sum())} outside the box {list(threat.bounds)}); its result cannot "
+            "count: fix the attack to project onto the ball and clip to the box")

@@ -94,12 +94,12 @@ def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: fl
         rows.append(ResultRow(label, name, "adaptive", threat.norm, threat.eps, eps_label, 0, n,
                               clean_acc=clean.float().mean().item(), robust_acc=robust_i.float().mean().item(),
                               seconds=sum(r.attacks[i].seconds for r in reports)))
-    from robustcompress.attacks.adaptive import _jsonable
+    from robustcompress.attacks.robustness_report import jsonable
 
     rows.append(ResultRow(label, "worst-case", "adaptive", threat.norm, threat.eps, eps_label, 0, n,
                           clean_acc=clean.float().mean().item(), robust_acc=worst.float().mean().item(),
                           fooled_any=fooled.float().mean().item(), seconds=seconds,
-                          extra={"settings": _jsonable(settings), "masking_flags": flags,
+                          extra={"settings": jsonable(settings), "masking_flags": flags,
                                  "flag_details": [f.to_dict() for r in reports for f in r.flags]}))
     return rows
 
