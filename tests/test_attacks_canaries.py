@@ -131,3 +131,22 @@ def test_an_attack_leaving_the_ball_is_refused_by_name(trained, cheat):
     with pytest.raises(ThreatModelError, match="'cheat_overbudget'"):
         evaluate_robustness(net, x, y, THREAT, attacks=[cheat], checks=False, progress=False,
                             generator=torch.Generator().manual_seed(0))
+
+
+def test_paper_protocol_far_above_the_adaptive_worst_case_is_flagged():
+    """The demo's feature-squeezing case: 73% under the paper's PGD, 22% adaptive."""
+    from robustcompress.experiments.report_data import ReportData
+
+    def row(variant, attack, protocol, acc):
+        return {"variant": variant, "attack": attack, "protocol": protocol, "eps_label": "0.1",
+                "eps": 0.1, "robust_acc": acc, "extra": {}}
+
+    rows = [row("squeeze", "fgsm", "paper", 0.80), row("squeeze", "pgd", "paper", 0.73),
+            row("squeeze", "worst-case", "adaptive", 0.22),
+            row("base", "fgsm", "paper", 0.40), row("base", "pgd", "paper", 0.32),
+            row("base", "worst-case", "adaptive", 0.285)]
+    data = ReportData("t", ["base", "squeeze"], rows, {})
+    assert data.flags("squeeze") == ["paper_adaptive_gap"]
+    gap = data.gap_flags("squeeze")[0]
+    assert gap.values["paper_attack"] == "pgd at 0.1" and gap.values["paper_accuracy"] == 0.73
+    assert data.flags("base") == []  # FGSM alone is weak; the strongest paper attack is close

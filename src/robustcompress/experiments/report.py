@@ -12,8 +12,6 @@ import html
 import json
 import math
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -22,85 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from robustcompress.attacks.checks import EXPLANATIONS  # noqa: E402
-from robustcompress.experiments.config import eps_matches  # noqa: E402
-from robustcompress.experiments.units import mean_std  # noqa: E402
 
-# what each gradient-masking flag means: the checks' own explanations (one source of truth)
-FLAG_HELP = EXPLANATIONS
-
-
-@dataclass
-class ReportData:
-    """Everything a report shows, gathered from the store for one config."""
-
-    title: str
-    variants: list[str]
-    results: list[dict]
-    metrics: dict[str, dict[str, dict]]  # variant -> key -> {"value", "extra"}
-    notes: list[str] = field(default_factory=list)
-    paper_reference: list[dict] = field(default_factory=list)
-    main_eps: Optional[str] = None
-
-    def metric(self, variant: str, key: str) -> Optional[float]:
-        m = self.metrics.get(variant, {}).get(key)
-        return None if m is None else m["value"]
-
-    def clean(self, variant: str) -> Optional[float]:
-        rows = [r for r in self.results if r["variant"] == variant and r["protocol"] == "clean"]
-        return rows[0]["clean_acc"] if rows else None
-
-    def robust(self, variant: str, attack: str, protocol: str, eps_label: str) -> tuple[float, float, int]:
-        vals = [r["robust_acc"] for r in self.results if r["variant"] == variant and r["attack"] == attack
-                and r["protocol"] == protocol and r["eps_label"] == eps_label]
-        m, s = mean_std(vals)
-        return m, s, len(vals)
-
-    def eps_labels(self) -> list[str]:
-        seen: dict[str, float] = {}
-        for r in self.results:
-            if r["protocol"] in ("paper", "adaptive"):
-                seen.setdefault(r["eps_label"], r["eps"])
-        return [k for k, _ in sorted(seen.items(), key=lambda kv: kv[1])]
-
-    def label_of(self, eps) -> str:
-        """The run's label for an eps written in the config ("8/255" or 8 name the threat eps
-        labelled "8.0/255"); ``str(eps)`` when no threat matches."""
-        return next((lab for lab in self.eps_labels() if eps_matches(eps, lab)), str(eps))
-
-    def attacks(self, protocol: str) -> list[str]:
-        out: list[str] = []
-        for r in self.results:
-            if r["protocol"] == protocol and r["attack"] not in out:
-                out.append(r["attack"])
-        return out
-
-    def flags(self, variant: str) -> list[str]:
-        raised = set()
-        for r in self.results:
-            if r["variant"] == variant and r["protocol"] == "adaptive":
-                for name, on in (r["extra"].get("masking_flags") or {}).items():
-                    if on:
-                        raised.add(name)
-        return sorted(raised)
-
-
-def gather(store, cfg, variants: list[str], unit_keys: Optional[list[str]] = None) -> ReportData:
-    results = store.results(units=unit_keys)
-    metrics: dict[str, dict[str, dict]] = defaultdict(dict)
-    for m in store.metrics(units=unit_keys):
-        metrics[m["variant"]][m["key"]] = {"value": m["value"], "extra": m["extra"]}
-    main = cfg.report.main_eps
-    data = ReportData(title=cfg.name, variants=variants, results=results, metrics=dict(metrics),
-                      paper_reference=[p.model_dump(mode="json") for p in cfg.paper_reference],
-                      main_eps=None if main is None else str(main))
-    if data.main_eps is None:
-        labels = data.eps_labels()
-        data.main_eps = labels[len(labels) // 2] if labels else None
-    else:
-        data.main_eps = data.label_of(data.main_eps)
-    return data
-
+from robustcompress.experiments.report_data import FLAG_HELP, ReportData, gather  # noqa: E402,F401
 
 def _pct(v: Optional[float], s: Optional[float] = None, n: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):

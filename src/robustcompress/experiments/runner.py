@@ -46,7 +46,7 @@ from robustcompress.experiments.units import (
     NullWriter,
     adaptive_rows,
     batch_slices,
-    mean_std,  # noqa: F401  (re-exported: older imports)
+    mean_std,  # noqa: F401  (re-exported for older imports)
     paper_labels,
     seed_for,
     unit_rng,
