@@ -18,6 +18,8 @@ turns one sign into a :class:`Flag` with a one-line explanation and the numbers 
                                 randomness (then attacked with EOT and MC verdicts anyway).
 ``paper_adaptive_gap``          the paper protocol's number exceeds the adaptive worst case
                                 by a lot (set by the experiment report, which has both).
+``budget_not_converged``        growing EOT (and steps) to the cap still moved the number
+                                (:mod:`robustcompress.attacks.convergence`).
 ==============================  ===========================================================
 
 Accuracies are robust accuracies judged like every attack result (MC-averaged prediction for
@@ -67,6 +69,8 @@ EXPLANATIONS = {
                              "randomness: attacked with EOT and judged by MC draws anyway",
     "paper_adaptive_gap": "the paper protocol's number is far above the adaptive worst case: "
                           "the paper's attack is too weak for this defense",
+    "budget_not_converged": "the number still fell at the largest EOT budget tried: the true "
+                            "robust accuracy is likely lower",
 }
 
 
@@ -158,6 +162,13 @@ def check_eps_monotone(acc_half: float, acc: float, acc_double: float, eps: floa
 def check_undeclared_randomness(found: bool) -> Flag:
     """Raised when :func:`robustcompress.attacks.probe.declare_randomness` found noise."""
     return _flag("undeclared_randomness", found, found=bool(found))
+
+
+def check_budget_converged(converged: bool, curve: list, tol: float) -> Flag:
+    """Raised when the EOT-growth curve had not settled within ``tol`` at its cap."""
+    return _flag("budget_not_converged", not converged, budgets=len(curve),
+                 last_eot=curve[-1]["eot_samples"] if curve else 0,
+                 last_accuracy=curve[-1]["robust_accuracy"] if curve else math.nan, tol=tol)
 
 
 def check_paper_gap(acc_paper: float, acc_adaptive: float, attack: str,

@@ -23,12 +23,22 @@ def run_adaptive(model, split, info, *, device, seed: int, norm: str, eps: str,
 
     from robustcompress.attacks import ThreatModel
     from robustcompress.attacks.adaptive import evaluate_robustness
+    from robustcompress.attacks.convergence import evaluate_until_converged
 
     console = Console()
     threat = ThreatModel.from_spec(norm, eps, info, eps_scale=eps_scale)
     x, y = split.x.to(device), split.y.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    report = evaluate_robustness(model, x, y, threat, surrogate_model=surrogate, generator=gen, **kw)
+    converge = kw.pop("converge", None)
+    if converge is not None:  # {"eot_start", "eot_cap", "tol"}
+        kw.pop("eot_samples", None)
+        report = evaluate_until_converged(model, x, y, threat, surrogate_model=surrogate,
+                                          generator=gen, **converge, **kw)
+        for point in report.settings["convergence"]["curve"]:
+            console.print(f"EOT {point['eot_samples']:>4}, APGD {point['apgd_steps']:>4} steps: "
+                          f"robust accuracy {point['robust_accuracy']:.2%}", highlight=False)
+    else:
+        report = evaluate_robustness(model, x, y, threat, surrogate_model=surrogate, generator=gen, **kw)
     report.render(console)
     if json_path is not None:
         json_path = Path(json_path)
@@ -57,6 +67,11 @@ def evaluate_adaptive_cmd(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Inputs per attack batch."),
     max_rows: Optional[int] = typer.Option(None, min=1, help="Most rows per forward when EOT "
                                            "draws are stacked (bounds memory)."),
+    converge: bool = typer.Option(False, "--converge", help="Stochastic models: grow EOT (from "
+                                  "--eot, default 5) and APGD steps x2 until the robust accuracy "
+                                  "moves less than --converge-tol, up to --eot-cap; prints the curve."),
+    eot_cap: int = typer.Option(80, min=1, help="Largest EOT budget --converge tries."),
+    converge_tol: float = typer.Option(0.02, min=0.0, help="Accuracy change (0-1) that counts as converged."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
@@ -66,6 +81,9 @@ def evaluate_adaptive_cmd(
     and BPDA for non-differentiable models, plus gradient-masking checks.
 
     Example: robustcompress evaluate-adaptive --checkpoint runs/lenet5 --eps 0.3 --limit 500
+
+    Example (a randomized defense, budget grown until the number settles):
+    robustcompress evaluate-adaptive --checkpoint runs/sap --eps 2/255 --converge --eot 5 --eot-cap 80
     """
     from robustcompress.data import load_dataset
     from robustcompress.data.info import DatasetInfo
@@ -88,7 +106,8 @@ def evaluate_adaptive_cmd(
     run_adaptive(model, part, info, device=dev, seed=seed, norm=norm, eps=eps, eps_scale=eps_scale,
                  surrogate=sur, json_path=json_out, eot_samples=eot, mc_samples=mc, bpda=bpda,
                  n_restarts=restarts, apgd_steps=apgd_steps, square_queries=square_queries,
-                 checks=checks, batch_size=batch_size, max_rows=max_rows)
+                 checks=checks, batch_size=batch_size, max_rows=max_rows,
+                 converge={"eot_start": eot or 5, "eot_cap": eot_cap, "tol": converge_tol} if converge else None)
 
 
 def register(app: typer.Typer) -> None:

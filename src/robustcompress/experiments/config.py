@@ -115,6 +115,10 @@ class EvaluationSection(_Strict):
     check_steps: int = Field(default=20, ge=1)
     minimal: list[Literal["deepfool", "cw"]] = Field(default_factory=list)  # r_2 attacks
     transfer_from: Optional[str] = "base"  # surrogate for transfer attacks (a variant name or null)
+    # grow EOT (from eot_samples) and APGD steps x2 until the adaptive number moves < converge_tol
+    converge_eot: bool = False
+    eot_cap: int = Field(default=80, ge=1)
+    converge_tol: float = Field(default=0.02, gt=0, lt=1)
 
 
 class MetricsSection(_Strict):

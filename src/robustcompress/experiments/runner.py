@@ -355,6 +355,8 @@ class Runner:
         settings = [ev.n_samples, ev.batch_size, ev.eot_samples, ev.mc_samples, ev.apgd_steps,
                     ev.square_queries, ev.checks, ev.check_samples, ev.check_steps, self.cfg.seed,
                     EVAL_POINTS]
+        if ev.converge_eot:  # (absent otherwise: keys of earlier runs stay valid)
+            settings.append(["converge", ev.eot_cap, ev.converge_tol])
         if kind == "metrics":
             settings = [ev.n_samples, self.cfg.metrics.model_dump(), EVAL_POINTS]
         unit = stable_hash([kind, v.key, spec, settings])
@@ -453,17 +455,22 @@ class Runner:
 
     def adaptive(self, w, v: Variant, x, y, threat, eps_label: str, surrogate) -> None:
         from robustcompress.attacks import evaluate_robustness
+        from robustcompress.attacks.convergence import evaluate_until_converged
 
         ev = self.cfg.evaluation
         t0 = time.perf_counter()
 
         def one(xb, yb, g, b):
             # The gradient-masking checks run several extra attacks: once per unit (batch 0).
-            rep = evaluate_robustness(v.model, xb, yb, threat, surrogate_model=surrogate,
-                                      eot_samples=ev.eot_samples, mc_samples=ev.mc_samples,
-                                      apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
-                                      checks=ev.checks and b == 0, check_samples=ev.check_samples,
-                                      check_steps=ev.check_steps, generator=g, progress=False)
+            kw = dict(surrogate_model=surrogate, mc_samples=ev.mc_samples,
+                      apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
+                      checks=ev.checks and b == 0, check_samples=ev.check_samples,
+                      check_steps=ev.check_steps, generator=g, progress=False)
+            if ev.converge_eot:
+                rep = evaluate_until_converged(v.model, xb, yb, threat, eot_start=ev.eot_samples,
+                                               eot_cap=ev.eot_cap, tol=ev.converge_tol, **kw)
+            else:
+                rep = evaluate_robustness(v.model, xb, yb, threat, eot_samples=ev.eot_samples, **kw)
             rep.x_adv = None  # not needed, and not worth gathering across processes
             return rep
 
