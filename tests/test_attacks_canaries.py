@@ -150,3 +150,11 @@ def test_paper_protocol_far_above_the_adaptive_worst_case_is_flagged():
     gap = data.gap_flags("squeeze")[0]
     assert gap.values["paper_attack"] == "pgd at 0.1" and gap.values["paper_accuracy"] == 0.73
     assert data.flags("base") == []  # FGSM alone is weak; the strongest paper attack is close
+
+
+def test_eps_monotonicity_check_counts_violating_points():
+    from robustcompress.attacks.checks import check_eps_monotone
+
+    assert not check_eps_monotone(0.4, 0.0, 0.02, 0.1).raised  # within tolerance
+    assert check_eps_monotone(0.4, 0.2, 0.0, 0.1).raised  # 20% broke at eps/2 but not at eps
+    assert check_eps_monotone(0.4, 0.0, 0.3, 0.1).raised  # 30% survived 2 eps, broken at eps
