@@ -337,7 +337,10 @@ def write_report(data: ReportData, out_dir: Path, *, html_report: bool = True) -
         paths["html"] = _write_html(data, out_dir, intro, tables, flags, plots)
     (out_dir / "report.json").write_text(json.dumps(
         {"title": data.title, "main_eps": data.main_eps, "variants": data.variants,
-         "leaderboard": dict(zip(("header", "rows"), leaderboard(data)))}, indent=2))
+         "leaderboard": dict(zip(("header", "rows"), leaderboard(data))),
+         "flags": {v: data.flags(v) for v in data.variants},
+         "paper_adaptive_gap": {v: [f.to_dict() for f in data.gap_flags(v)] for v in data.variants}},
+        indent=2, default=float))
     return paths
 
 
