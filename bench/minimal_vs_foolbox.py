@@ -64,13 +64,14 @@ def verdict(model, x, y, x_adv):
 
 def ours(model, x, y, name: str, cw_steps: int) -> dict:
     """Our attack without and with the line search (the search timed on its own)."""
-    if name == "deepfool":
-        base, t_base = timed(lambda: deepfool_perturb(model, x, y, norm="l2", boundary_search=0).x_adv)
-        crit = lambda logits, yy: logits.argmax(1) != yy  # noqa: E731
-    else:
-        base, t_base = timed(lambda: cw_l2_perturb(model, x, y, steps=cw_steps,
-                                                   boundary_search=0).x_adv)
-        crit = lambda logits, yy: margin(logits, yy, False) < 0  # noqa: E731
+    if name == "deepfool":  # the original (box rule, overshot point) and the default (rule best)
+        base, t_base = timed(lambda: deepfool_perturb(model, x, y, norm="l2", boundary_search=0,
+                                                      rule="box").x_adv)
+        tight, t_tight = timed(lambda: deepfool_perturb(model, x, y, norm="l2").x_adv)
+        return {"plain": (base, t_base), "tight": (tight, t_tight), "search_s": float("nan")}
+    base, t_base = timed(lambda: cw_l2_perturb(model, x, y, steps=cw_steps,
+                                               boundary_search=0).x_adv)
+    crit = lambda logits, yy: margin(logits, yy, False) < 0  # noqa: E731
     tight, t_search = timed(lambda: tighten_to_boundary(model, x, base, y, steps=20,
                                                         bounds=(0.0, 1.0), adversarial=crit))
     return {"plain": (base, t_base), "tight": (tight, t_base + t_search), "search_s": t_search}

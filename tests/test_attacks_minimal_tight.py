@@ -104,8 +104,8 @@ def test_zero_steps_is_the_unsearched_attack_bit_for_bit():
     x = torch.rand(12, 1, 4, 5, generator=torch.Generator().manual_seed(2))
     y = model(x).argmax(1)
     for norm in ("l2", "linf"):
-        plain = deepfool_perturb(model, x, y, norm=norm, boundary_search=0)
-        tight = deepfool_perturb(model, x, y, norm=norm)
+        plain = deepfool_perturb(model, x, y, norm=norm, boundary_search=0, rule="box")
+        tight = deepfool_perturb(model, x, y, norm=norm, rule="box")
         assert torch.equal(tight.r_norm, plain.r_norm) and torch.equal(tight.iterations, plain.iterations)
         assert torch.equal(tight.x_adv, tighten_to_boundary(model, x, plain.x_adv, y, steps=20,
                                                             bounds=(0.0, 1.0)))
@@ -164,3 +164,19 @@ def test_stochastic_models_and_bad_step_counts():
             deepfool_perturb(lin, x, y, boundary_search=bad)
     with pytest.raises(UserInputError, match="boundary_search"):
         run_attack("cw", lin, x, y, ThreatModel.from_spec("l2", 0.0), boundary_search=-3)
+
+
+def test_best_rule_is_never_longer_than_either_rule():
+    model = small_mlp(2)
+    x = torch.rand(40, 1, 4, 5, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+    for norm in ("l2", "linf"):
+        runs = {r: deepfool_perturb(model, x, y, norm=norm, rule=r) for r in ("box", "accumulate", "best")}
+        size = {}
+        for r, o in runs.items():
+            adv = model(o.x_adv).argmax(1) != y
+            flat = (o.x_adv - x).flatten(1)
+            d = flat.norm(dim=1) if norm == "l2" else flat.abs().amax(dim=1)
+            size[r] = torch.where(adv, d, torch.full_like(d, float("inf")))
+        assert (size["best"] <= torch.minimum(size["box"], size["accumulate"])).all()
+        assert torch.isfinite(size["best"]).sum() >= torch.isfinite(size["box"]).sum()
