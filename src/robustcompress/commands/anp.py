@@ -1,50 +1,15 @@
 """CLI: ``robustcompress anp`` (ANP-VS, Madaan et al. 2020) and ``robustcompress advtrain``
-(FGSM / R+FGSM / PGD adversarial training). Thin: parse, call the library, print."""
+(FGSM / R+FGSM / PGD adversarial training). Thin: parse, call
+:mod:`robustcompress.experiments.protocols.anp`, print."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-
-def _load(checkpoint: str, data_dir: Optional[str], train_limit: Optional[int], device: str):
-    """(model, dataset, device) for a checkpoint; the dataset is the one recorded in it."""
-    from robustcompress.data import load_dataset
-    from robustcompress.device import resolve_device
-    from robustcompress.training import load_checkpoint
-
-    dev = resolve_device(device)
-    model = load_checkpoint(checkpoint, device=dev)
-    name = model.robustcompress_meta["spec"]["info"]["name"]
-    kw = {"train_limit": train_limit} if train_limit else {}
-    return model, load_dataset(name, root=data_dir, **kw), dev
-
-
-def _pgd(threat, steps: int, step_size: Optional[float], seed: int):
-    """``attack(model, x, y) -> x_adv``: PGD with a random start, the papers' evaluation attack."""
-    import torch
-
-    from robustcompress.attacks import run_attack
-
-    def attack(model, x, y):
-        return run_attack("pgd", model, x, y, threat, steps=steps, step_size=step_size,
-                          generator=torch.Generator().manual_seed(seed)).x_adv
-    return attack
-
-
-def _accuracies(model, x, y, attack) -> tuple[float, float]:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        clean = float((model(x).argmax(1) == y).float().mean())
-    xa = attack(model, x, y)
-    with torch.no_grad():
-        robust = float((model(xa).argmax(1) == y).float().mean())
-    return clean, robust
+from robustcompress.cli_options import (
+    DATA_DIR_HELP, DEVICE_HELP, deprecated, given, limit_option, out_option)
 
 
 def anp_cmd(
@@ -60,12 +25,14 @@ def anp_cmd(
                                      "50% and 70% of training (better in short runs: docs/reproductions/anp-vs.md)."),
     batch_size: int = typer.Option(64, min=1, help="Batch size (original 64)."),
     eval_steps: int = typer.Option(40, min=1, help="PGD steps of the white-box evaluation (original 40)."),
-    eval_limit: int = typer.Option(500, min=1, help="Test points for accuracy and vulnerability."),
+    limit: int = limit_option(500, " for accuracy and vulnerability"),
+    eval_limit: Optional[int] = deprecated("--eval-limit", "--limit"),
     plot: Optional[str] = typer.Option(None, help="Write vulnerability histograms (base vs ANP-VS) here (PNG)."),
-    out: str = typer.Option(..., "--out", help="Output checkpoint path of the exported model."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
+    out: str = typer.Option(..., "--out", help="Checkpoint stem of the exported model: OUT.safetensors, "
+                            "OUT.json, OUT.summary.json (not yet a run folder like the other commands)."),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     train_limit: Optional[int] = typer.Option(None, help="Use only this many training samples."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     seed: int = typer.Option(0, help="Seed of the data order and of the attacks."),
     progress: bool = typer.Option(False, help="Show training progress bars."),
 ) -> None:
@@ -78,52 +45,22 @@ def anp_cmd(
     Example: robustcompress anp --checkpoint runs/lenet5/model --epochs 10 --beta 4 --lambda 1e-3
     --eps 0.3 --out runs/lenet5-anp
     """
-    import torch
     from rich.console import Console
 
-    from robustcompress.attacks import ThreatModel
-    from robustcompress.defenses.anp_vs import (
-        LENET_LR_STEPS, anp_vs, default_config, describe_export, export_pruned, probe_inputs)
-    from robustcompress.metrics.vulnerability import measure_vulnerability, plot_vulnerability_histograms
-    from robustcompress.training import save_checkpoint
+    from robustcompress.experiments.protocols.anp import AnpOptions, anp_vs_evaluation
 
+    options = AnpOptions(epochs, beta, lam, eps, steps, step_size, mask_lr, constant_lr, batch_size)
+    res = anp_vs_evaluation(checkpoint, out, options=options, eval_steps=eval_steps,
+                            limit=given(limit, eval_limit), plot=plot, data_dir=data_dir,
+                            train_limit=train_limit, device=device, seed=seed, progress=progress)
     console = Console()
-    lr_steps = () if constant_lr else LENET_LR_STEPS
-    model, data, dev = _load(checkpoint, data_dir, train_limit, device)
-    threat = ThreatModel.from_spec("linf", eps, data.info)
-    part = data.test.sample(eval_limit)
-    x, y = part.x.to(dev), part.y.to(dev)
-    attack = _pgd(threat, eval_steps, step_size, seed)
-    model.eval()
-    v0 = measure_vulnerability(model, x, y, attack)
-    c0, r0 = _accuracies(model, x, y, attack)
-    console.print(f"base: clean {c0:.4f}  PGD-{eval_steps} {r0:.4f}  V {v0.V:.4f}")
-    net = anp_vs(model, data, eps=eps, beta=beta, lam=lam, steps=steps, step_size=step_size,
-                 mask_lr=mask_lr, config=default_config(epochs, batch_size, seed, lr_steps=lr_steps),
-                 generator=torch.Generator().manual_seed(seed), progress=progress)
-    res = export_pruned(net, probe_inputs(data.info).to(dev))
-    small = res.model.eval()
-    # V on the masked eval network, as the reference: pruned channels count as zero distortion
-    # (the export computes the same outputs but has fewer features to average over)
-    v1 = measure_vulnerability(net.eval(), x, y, attack)
-    c1, r1 = _accuracies(small, x, y, attack)
-    for line in describe_export(res):
+    b, a = res.before, res.after
+    console.print(f"base: clean {b['clean']:.4f}  PGD-{eval_steps} {b['pgd']:.4f}  V {b['V']:.4f}")
+    for line in res.export:
         console.print(line)
-    console.print(f"ANP-VS: clean {c1:.4f}  PGD-{eval_steps} {r1:.4f}  V {v1.V:.4f} (before {v0.V:.4f})")
-    from robustcompress.defenses import get_defense
-
-    params = get_defense("anp_vs").Params(
-        eps=eps, beta=beta, lam=lam, steps=steps, step_size=step_size, mask_lr=mask_lr,
-        epochs=epochs, lr_steps=list(lr_steps), kept_channels={n: len(k) for n, k in res.kept.items()})
-    small.robustcompress_spec = model.robustcompress_spec
-    small.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-        {"name": "anp_vs", "params": params.model_dump(mode="json")}]
-    summary = {"base": {"clean": c0, "pgd": r0, "V": v0.V}, "anp_vs": {"clean": c1, "pgd": r1, "V": v1.V},
-               "export": res.to_dict(), "eval": {"eps": eps, "steps": eval_steps, "n": len(y)}}
-    save_checkpoint(small, out, {"metrics": summary, "dataset": data.info.to_dict()})
-    Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=1))
+    console.print(f"ANP-VS: clean {a['clean']:.4f}  PGD-{eval_steps} {a['pgd']:.4f}  V {a['V']:.4f} "
+                  f"(before {b['V']:.4f})")
     if plot:
-        plot_vulnerability_histograms({"standard": v0, "ANP-VS": v1}, plot)
         console.print(f"vulnerability histograms: {plot}")
     console.print(f"saved {out}.safetensors (+ .json, .summary.json)")
 
@@ -145,11 +82,12 @@ def advtrain_cmd(
     weight_decay: float = typer.Option(0.0, min=0.0, help="L2 weight decay (ANP_VS code: 1e-4)."),
     batch_size: int = typer.Option(128, min=1, help="Batch size."),
     eval_steps: int = typer.Option(40, min=1, help="PGD steps of the evaluation."),
-    eval_limit: int = typer.Option(500, min=1, help="Test points for the evaluation."),
-    out: str = typer.Option(..., "--out", help="Output checkpoint path."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
+    limit: int = limit_option(500, " for the evaluation"),
+    eval_limit: Optional[int] = deprecated("--eval-limit", "--limit"),
+    out: str = out_option(...),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     train_limit: Optional[int] = typer.Option(None, help="Use only this many training samples."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     seed: int = typer.Option(0, help="Seed of the data order and of the attacks."),
     progress: bool = typer.Option(False, help="Show training progress bars."),
 ) -> None:
@@ -161,45 +99,27 @@ def advtrain_cmd(
     The AT baseline of the ANP-VS paper's code: --attack pgd --eps 0.3 --steps 20 --step-size 0.01
     --mix 0.3333 --weight-decay 1e-4 --lr-step 0.5 --lr-step 0.7 --batch-size 64.
     """
-    import torch
     from pydantic import ValidationError
-    from rich.console import Console
 
-    from robustcompress.attacks import ThreatModel
     from robustcompress.defenses import get_defense
-    from robustcompress.defenses.adversarial_training import adversarial_training
     from robustcompress.errors import UserInputError, describe_validation
-    from robustcompress.training import TrainConfig, recipe_overrides, save_checkpoint
+    from robustcompress.experiments.protocols.anp import adversarial_finetune
 
-    try:
+    try:  # before loading anything
         params = get_defense("adversarial_training").Params(
             attack=attack, eps=eps, eps_scale=eps_scale, steps=steps, step_size=step_size, mix=mix,
             random_steps=random_steps, random_eps=random_eps, epochs=epochs, lr_steps=lr_step,
             weight_decay=weight_decay)
     except ValidationError as e:
         raise UserInputError(f"advtrain: {describe_validation(e)}") from None
-    console = Console()
-    model, data, dev = _load(checkpoint, data_dir, train_limit, device)
-    threat = ThreatModel.from_spec("linf", eps, data.info, eps_scale=eps_scale)
-    part = data.test.sample(eval_limit)
-    x, y = part.x.to(dev), part.y.to(dev)
-    ev = _pgd(threat, eval_steps, None, seed)
-    c0, r0 = _accuracies(model, x, y, ev)
-    net = adversarial_training(
-        model, data, attack=attack, eps=eps, eps_scale=eps_scale,
-        config=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                           **recipe_overrides(epochs, lr_step, weight_decay)),
-        generator=torch.Generator().manual_seed(seed), progress=progress, steps=steps,
-        step_size=step_size, mix=mix, random_steps=random_steps, random_eps=random_eps)
-    c1, r1 = _accuracies(net, x, y, ev)
-    console.print(f"{threat.describe()}, PGD-{eval_steps} on {len(y)} test points")
-    console.print(f"before: clean {c0:.4f}  PGD {r0:.4f}")
-    console.print(f"after {attack}-AT: clean {c1:.4f}  PGD {r1:.4f}")
-    net.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-        {"name": "adversarial_training", "params": params.model_dump(mode="json")}]
-    save_checkpoint(net, out, {"metrics": {"clean": c1, "pgd": r1, "before": {"clean": c0, "pgd": r0}},
-                               "dataset": data.info.to_dict()})
-    console.print(f"saved {out}.safetensors (+ .json)")
+    threat, n, (c0, r0), (c1, r1), stem = adversarial_finetune(
+        checkpoint, out, params=params, lr=lr, batch_size=batch_size, eval_steps=eval_steps,
+        limit=given(limit, eval_limit), data_dir=data_dir, train_limit=train_limit, device=device,
+        seed=seed, progress=progress)
+    typer.echo(f"{threat.describe()}, PGD-{eval_steps} on {n} test points")
+    typer.echo(f"before: clean {c0:.4f}  PGD {r0:.4f}")
+    typer.echo(f"after {attack}-AT: clean {c1:.4f}  PGD {r1:.4f}")
+    typer.echo(f"saved {stem}.safetensors (+ .json)")
 
 
 def register(app: typer.Typer) -> None:
