@@ -1,7 +1,7 @@
 """EOT as a model wrapper, for code that cannot pass ``eot_samples`` (e.g. third-party attacks).
 
 Every attack of this package already takes ``eot_samples`` and averages *gradients* over draws
-(:func:`robustcompress.attacks.base.input_gradient`, Athalye, Carlini & Wagner 2018). Foolbox's
+(:func:`robustcompress.attacks.draws.input_gradient`, Athalye, Carlini & Wagner 2018). Foolbox's
 ``ExpectationOverTransformationWrapper`` instead averages *logits* over draws inside ``forward``;
 :class:`ExpectationModel` does the same, vectorised (stacked copies of the batch) when every
 stochastic module draws per sample, looped otherwise. The gradient of the averaged logits is the
@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import _over_draws, _repeat, _total, generator_scope, resolve_draws
+from robustcompress.attacks.draws import generator_scope, over_draws, repeat_rows, resolve_draws, sum_parts
 
 
 class ExpectationModel(nn.Module):
@@ -41,6 +41,6 @@ class ExpectationModel(nn.Module):
         n = resolve_draws(self.model, self.samples, self.samples)
         b = x.shape[0]
         with generator_scope(self.model, self.generator):
-            parts = _over_draws(self.model, b, n, self.max_rows,
-                                lambda c: (self.model(_repeat(x, c)).view(c, b, -1).sum(0),), x.device)
-        return _total(parts, 0) / n
+            parts = over_draws(self.model, b, n, self.max_rows,
+                               lambda c: (self.model(repeat_rows(x, c)).view(c, b, -1).sum(0),), x.device)
+        return sum_parts(parts, 0) / n

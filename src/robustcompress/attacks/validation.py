@@ -4,13 +4,15 @@
   for step and query counts, positive step sizes, booleans, loss names), with the same rules for
   :func:`~robustcompress.attacks.registry.run_attack`, ``config check`` and the CLI (they reach
   it through :func:`~robustcompress.attacks.registry.validate_attack_params`).
-* :func:`check_batch_and_dtype`: a non-empty batch whose dtype is the model's.
+* :func:`check_attack_inputs`: inputs, labels, devices and dtypes every attack checks first
+  (through :func:`check_batch_and_dtype`: a non-empty batch whose dtype is the model's).
 * :func:`check_logits` (on the clean forward of the adaptive evaluation, and through
   :func:`first_forward_checked` on an attack's first forward): the model's output is a finite
   ``[batch, classes]`` tensor and every label is one of its classes.
 * :func:`warn_if_dropout_trains`: ``nn.Dropout`` left in training mode (undeclared randomness).
 * :func:`check_within_threat`: every point counted as a break lies in the eps-ball and the box
   (re-checked after the attack, so an attack that does not project cannot inflate its score).
+* :func:`no_side_effects`: debug guard that an attack left the model's mode and ``.grad`` alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from robustcompress.attacks.losses import LOSSES
+from robustcompress.attacks.threat import BOUNDS_TOL, ThreatModel
+from robustcompress.attacks.verdicts import within_budget
 from robustcompress.errors import ThreatModelError, UserInputError
 
 #: rule of each parameter name: ("int", minimum), ("real", "pos" | "nonneg" | "frac"), ("bool",)
@@ -97,8 +102,6 @@ def _hint(rule: tuple, key: str, value: Any, low) -> str:
 
 
 def _check_loss(attack: str, value: Any) -> list[str]:
-    from robustcompress.attacks.base import LOSSES
-
     if callable(value) or value in LOSSES:
         return []
     return [f"{attack}: loss must be one of {', '.join(LOSSES)} (or a callable in Python), got {value!r}"]
@@ -182,9 +185,6 @@ def check_within_threat(x_adv: torch.Tensor, x: torch.Tensor, threat, attack: st
     naming the attack: its number would count points no attacker within the budget can reach."""
     if x_adv.numel() == 0:
         return
-    from robustcompress.attacks.base import within_budget
-    from robustcompress.attacks.threat import BOUNDS_TOL
-
     lo, hi = threat.bounds
     flat = x_adv.detach().flatten(1)
     outside_box = ((flat < lo - BOUNDS_TOL) | (flat > hi + BOUNDS_TOL)).any(dim=1)
@@ -200,3 +200,41 @@ def check_within_threat(x_adv: torch.Tensor, x: torch.Tensor, threat, attack: st
             f"outside the threat model ({int(over.sum())} beyond {threat.norm} eps={threat.eps:g}, "
             f"{int(outside_box.sum())} outside the box {list(threat.bounds)}); its result cannot "
             "count: fix the attack to project onto the ball and clip to the box")
+
+
+def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> None:
+    """Refuse inputs, labels, devices or dtypes an attack would silently get wrong, and an empty
+    batch (the model's logits are checked on the attack's first forward: see
+    :func:`first_forward_checked`)."""
+    threat.check_inputs(x)
+    threat.check_model(model)
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise UserInputError(
+            f"labels must be a 1-D tensor with one entry per input ({x.shape[0]}), got "
+            f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
+        )
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise UserInputError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if y.device != x.device:
+        raise UserInputError(f"labels are on {y.device} but inputs on {x.device}; move them with y.to(x.device)")
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.device != x.device:
+        raise UserInputError(
+            f"the model is on {p.device} but the inputs are on {x.device}; move one of them "
+            f"(model.to(x.device) or x.to({str(p.device)!r}))"
+        )
+    check_batch_and_dtype(model, x)
+
+
+@contextlib.contextmanager
+def no_side_effects(model: nn.Module) -> Iterator[None]:
+    """Debug guard: raise if the block changed the model's mode or any parameter's ``.grad``."""
+    modes = [m.training for m in model.modules()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    yield
+    if modes != [m.training for m in model.modules()]:
+        raise RuntimeError("an attack changed the model's train/eval mode")
+    for p, g in zip(model.parameters(), grads):
+        if (g is None) != (p.grad is None) or (g is not None and not torch.equal(g, p.grad)):
+            raise RuntimeError("an attack changed a parameter's .grad")
+
