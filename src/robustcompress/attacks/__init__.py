@@ -12,16 +12,16 @@ package exports each attack function under its registry name (``pgd``, ``cw``, `
 """
 
 from robustcompress.attacks.threat import ThreatModel  # noqa: F401
-from robustcompress.attacks.base import (  # noqa: F401
-    AttackResult,
+from robustcompress.attacks.results import AttackResult  # noqa: F401
+from robustcompress.attacks.draws import (  # noqa: F401
     DEFAULT_EOT_SAMPLES,
     DEFAULT_MC_SAMPLES,
-    SampleNoise,
     input_gradient,
-    judge,
     mc_predict,
     objective,
 )
+from robustcompress.attacks.verdicts import judge  # noqa: F401
+from robustcompress.attacks.seeds import SampleNoise  # noqa: F401
 from robustcompress.attacks.registry import (  # noqa: F401
     get_attack,
     list_attacks,

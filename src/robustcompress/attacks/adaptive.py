@@ -34,15 +34,6 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import (
-    child_generator,
-    draw_logits,
-    draw_seed,
-    judge,
-    mc_predict,
-    prediction,
-    reached_goal,
-)
 from robustcompress.attacks.checks import (
     DEFAULT_TOL,
     Flag,
@@ -50,11 +41,14 @@ from robustcompress.attacks.checks import (
     gradient_check,
     masking_checks,
 )
+from robustcompress.attacks.draws import draw_logits, mc_predict
 from robustcompress.attacks.probe import declare_randomness
 from robustcompress.attacks.robustness_report import AttackRecord, RobustnessReport, jsonable
 from robustcompress.attacks.registry import get_attack, run_attack, validate_attack_params
+from robustcompress.attacks.seeds import child_generator, draw_seed
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.attacks.validation import check_batch_and_dtype, check_logits, check_within_threat
+from robustcompress.attacks.verdicts import judge, prediction, reached_goal
 from robustcompress.errors import UserInputError
 from robustcompress.nn.protocol import model_properties, straight_through
 from robustcompress.nn.ste import _check as _check_surrogate

@@ -33,21 +33,14 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import (
-    AttackResult,
-    LossFn,
-    SampleNoise,
-    bcast_rows,
-    dlr_targeted_loss,
-    input_gradient,
-    loss_label,
-    objective,
-    reached_goal,
-    resolve_loss,
-)
+from robustcompress.attacks.draws import bcast_rows, input_gradient, objective
 from robustcompress.attacks.iterative import Best, default_early_stop, evaluate_point, finish_best
+from robustcompress.attacks.losses import LossFn, dlr_targeted_loss, loss_label, resolve_loss
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
+from robustcompress.attacks.seeds import SampleNoise
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import reached_goal
 from robustcompress.errors import UserInputError
 
 MOMENTUM = 0.75

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import bcast_rows
+from robustcompress.attacks.draws import bcast_rows
 from robustcompress.errors import UserInputError
 from robustcompress.nn.protocol import is_stochastic
 

@@ -40,8 +40,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import child_generator, input_gradient, resolve_draws
+from robustcompress.attacks.draws import input_gradient, resolve_draws
 from robustcompress.attacks.registry import run_attack
+from robustcompress.attacks.seeds import child_generator
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.nn.protocol import model_properties, straight_through
 

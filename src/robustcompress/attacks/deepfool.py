@@ -47,16 +47,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import (
-    AttackResult,
-    bcast_rows,
-    finish_minimal,
-    generator_scope,
-    mask_label,
-)
 from robustcompress.attacks.boundary import check_search_steps, tighten_to_boundary
+from robustcompress.attacks.draws import bcast_rows, generator_scope
+from robustcompress.attacks.losses import mask_label
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import finish_minimal
 from robustcompress.errors import UserInputError
 
 _NORMS = ("l2", "linf")

@@ -13,9 +13,12 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, finish, input_gradient, loss_label
+from robustcompress.attacks.draws import input_gradient
+from robustcompress.attacks.losses import LossFn, loss_label
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import finish
 
 
 def fgsm_perturb(

@@ -11,7 +11,7 @@ success, which saves forwards without changing any other sample's result.
 On a randomized model a "success" seen while crafting is one random draw, so keeping the best
 iterate would count a point as broken if any single draw along the way misclassified it (the
 paper-protocol number then falls towards 0 with the step count). There the *final* iterate is
-returned (as the papers' PGD did) and judged afresh by :func:`~robustcompress.attacks.base.finish`.
+returned (as the papers' PGD did) and judged afresh by :func:`~robustcompress.attacks.verdicts.finish`.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import (
-    AttackResult,
-    LossFn,
-    bcast_rows,
-    finish,
-    input_gradient,
-    objective,
-    reached_goal,
-)
+from robustcompress.attacks.draws import bcast_rows, input_gradient, objective
+from robustcompress.attacks.losses import LossFn
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import finish, reached_goal
 from robustcompress.nn.protocol import is_stochastic
 
 
@@ -40,7 +35,7 @@ class Best:
     """Per-sample best iterate: successes first, then the larger attacker objective.
 
     ``logits`` holds the (EOT-averaged) logits of each kept point, so that a deterministic model
-    need not be run again to judge the result (see :func:`~robustcompress.attacks.base.finish`).
+    need not be run again to judge the result (see :func:`~robustcompress.attacks.verdicts.finish`).
     """
 
     x: torch.Tensor
@@ -173,7 +168,7 @@ def iterate(
 def finish_best(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 best: Best, threat: ThreatModel, *, mc_samples: Optional[int],
                 generator: Optional[torch.Generator]) -> AttackResult:
-    """:func:`~robustcompress.attacks.base.finish` on the best iterates, reusing their logits.
+    """:func:`~robustcompress.attacks.verdicts.finish` on the best iterates, reusing their logits.
 
     ``extra["objective"]`` is the attacker objective of each returned point.
     """

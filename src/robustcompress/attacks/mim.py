@@ -14,9 +14,10 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, loss_label
 from robustcompress.attacks.iterative import default_early_stop, finish_best, iterate
+from robustcompress.attacks.losses import LossFn, loss_label
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
 
 

@@ -19,9 +19,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, SampleNoise, finish
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
+from robustcompress.attacks.seeds import SampleNoise
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import finish
 
 
 @register_attack("gaussian", kind="noise")

@@ -1,7 +1,7 @@
 """Attack objects in the style of torchattacks and Foolbox, over the registered attack functions.
 
 ``atk = PGD(model, eps=8/255, steps=10)``, then ``x_adv = atk(x, y)`` (torchattacks' call),
-``atk.run(x, y)`` for the full :class:`~robustcompress.attacks.base.AttackResult`, and
+``atk.run(x, y)`` for the full :class:`~robustcompress.attacks.results.AttackResult`, and
 ``atk.sweep(x, y, eps=[2/255, 8/255])`` for one result per budget (Foolbox's ``epsilons=``).
 An object only holds the arguments of :func:`~robustcompress.attacks.registry.run_attack`, which
 does the work: under the same seed an object and the function give the same result bit for bit.
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, draw_logits
+from robustcompress.attacks.draws import draw_logits
 from robustcompress.attacks.registry import get_attack, run_attack
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel, parse_eps
 from robustcompress.errors import UserInputError
 

@@ -14,7 +14,7 @@ successful iterate*, not Madry et al.'s final point; for transfer or adversarial
 pass ``early_stop=False``: every sample then runs all steps and restarts and gets the successful
 iterate of largest loss (never a smaller loss than the first success), else its largest-loss one.
 The L2 random start is uniform in the ball (Gaussian direction, radius ``eps U^(1/d)``).
-Random starts come from per-sample streams (:class:`~robustcompress.attacks.base.SampleNoise`), so
+Random starts come from per-sample streams (:class:`~robustcompress.attacks.seeds.SampleNoise`), so
 results do not depend on the batch size.
 """
 
@@ -25,7 +25,6 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, LossFn, SampleNoise, loss_label
 from robustcompress.attacks.iterative import (
     Best,
     default_early_stop,
@@ -33,7 +32,10 @@ from robustcompress.attacks.iterative import (
     finish_best,
     iterate,
 )
+from robustcompress.attacks.losses import LossFn, loss_label
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
+from robustcompress.attacks.seeds import SampleNoise
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.errors import UserInputError
 

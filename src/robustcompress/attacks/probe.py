@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import draw_seed
+from robustcompress.attacks.seeds import draw_seed
 from robustcompress.nn.protocol import is_stochastic
 
 #: rows of the batch the probe runs on

@@ -23,15 +23,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import (
-    DEFAULT_EOT_SAMPLES,
-    AttackResult,
-    check_attack_inputs,
-    resolve_draws,
-)
+from robustcompress.attacks.draws import DEFAULT_EOT_SAMPLES, resolve_draws
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.attacks.validation import (
     RESERVED,
+    check_attack_inputs,
     check_param_values,
     check_within_threat,
     first_forward_checked,
@@ -149,10 +146,10 @@ def run_attack(
     generator : all randomness of the attack and of the model's stochastic modules comes from it
         (the global RNG is left alone when it is given).
     eot_samples : draws per gradient for stochastic models. ``None``: 1 for deterministic models
-        and :data:`~robustcompress.attacks.base.DEFAULT_EOT_SAMPLES` for stochastic ones (honest
+        and :data:`~robustcompress.attacks.draws.DEFAULT_EOT_SAMPLES` for stochastic ones (honest
         by default; pass 1 explicitly for the papers' plain protocol).
     mc_samples : draws averaged for the final verdict (``None``: the default of
-        :func:`~robustcompress.attacks.base.mc_predict`).
+        :func:`~robustcompress.attacks.draws.mc_predict`).
     batch_size : split the inputs into batches of this size (results are concatenated in order;
         with a generator, random starts are the same as without splitting).
     params : the attack's own keyword parameters (see ``get_attack(name).parameters``).

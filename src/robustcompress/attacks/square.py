@@ -31,10 +31,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, finish, generator_scope
 from robustcompress.attacks.cw import margin
+from robustcompress.attacks.draws import generator_scope
 from robustcompress.attacks.registry import register_attack
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import finish
 from robustcompress.errors import ThreatModelError, UserInputError
 
 _P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
@@ -213,7 +215,7 @@ def square(
     n_queries : query budget per sample (AutoAttack: 5000; lower it for quick runs).
     p_init : initial fraction of features changed per query (AutoAttack: 0.8).
     eot_samples : forward passes averaged per query for stochastic models (AutoAttack #56).
-    mc_samples : draws for the final verdict (see :func:`robustcompress.attacks.base.judge`).
+    mc_samples : draws for the final verdict (see :func:`robustcompress.attacks.verdicts.judge`).
     generator : the attack's random streams and the model's randomness come from it.
 
     ``extra["queries"]`` holds the queries spent per sample.

@@ -289,7 +289,7 @@ class ThreatModel:
 
         Linf: uniform in the cube (Madry et al. 2018). L2: uniform in the ball (Gaussian direction,
         radius ``eps * U^(1/d)``). Noise is drawn per sample from ``noise`` (see
-        :class:`robustcompress.attacks.base.SampleNoise`), so it does not depend on the batch.
+        :class:`robustcompress.attacks.seeds.SampleNoise`), so it does not depend on the batch.
         """
         if self.norm == "linf":
             return (noise.rand(x) * 2 - 1) * self.eps

@@ -14,9 +14,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.attacks.base import AttackResult, finish
 from robustcompress.attacks.registry import get_attack, register_attack
+from robustcompress.attacks.results import AttackResult
 from robustcompress.attacks.threat import ThreatModel
+from robustcompress.attacks.verdicts import finish
 from robustcompress.errors import UserInputError
 
 
