@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from robustcompress.cli_options import (
+    DATA_DIR_HELP, DEVICE_HELP, MC_HELP, deprecated, given, limit_option)
 from robustcompress.errors import UserInputError, describe_validation
 
 
@@ -152,14 +154,32 @@ def train_cmd(
     _print_rows("robustcompress train", rows)
 
 
+def _render_confusion(record: dict, info, split: str, s: dict) -> None:
+    from rich.table import Table
+
+    name = record["spec"].get("model") or record["spec"].get("factory")  # zoo name or a user's factory
+    _console().print(f"{name} on {info.name} {split} ({s['n']} samples): "
+                     f"accuracy [bold]{s['accuracy']:.4f}[/bold]")
+    t = Table()
+    t.add_column("class")
+    t.add_column("accuracy", justify="right")
+    for c, a in s["per_class"].items():
+        t.add_row(str(c), f"{a:.4f}")
+    _console().print(t)
+    if s["most_confused"]:
+        _console().print("most confused (true -> predicted: count): " + ", ".join(
+            f"{p['true']} -> {p['predicted']}: {p['count']}" for p in s["most_confused"]))
+
+
 def evaluate_cmd(
     checkpoint: str = typer.Option(..., help="Checkpoint written by `train` (run folder or its model.json)."),
     split: str = typer.Option("test", help="test | train."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(512, min=1, help="Evaluation batch size."),
-    mc_samples: Optional[int] = typer.Option(None, help="Draws averaged for stochastic models."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only this many samples."),
+    mc: Optional[int] = typer.Option(None, "--mc", min=1, help=f"{MC_HELP}."),
+    mc_samples: Optional[int] = deprecated("--mc-samples", "--mc"),
+    limit: Optional[int] = limit_option(None, " (default: all)"),
     seed: int = typer.Option(0, help="Seed of the randomness of stochastic models."),
     top: int = typer.Option(5, help="How many confused class pairs to list."),
     adaptive: bool = typer.Option(False, help="Also run the adaptive robustness evaluation (attacks)."),
@@ -174,64 +194,21 @@ def evaluate_cmd(
     """
     import torch
 
-    from robustcompress.data.info import DatasetInfo
-    from robustcompress.device import resolve_device
-    from robustcompress.training import confusion_matrix, confusion_summary, load_checkpoint
-    from robustcompress.training.checkpoint import read_checkpoint_meta
+    from robustcompress.experiments.protocols.adaptive import adaptive_evaluation
+    from robustcompress.experiments.protocols.loading import load_checkpoint_data
+    from robustcompress.training import confusion_matrix, confusion_summary
 
     if split not in ("test", "train"):
         raise UserInputError(f"--split must be test or train, got {split!r}")
-    dev = resolve_device(device)
-    doc = read_checkpoint_meta(checkpoint)
-    info = DatasetInfo.from_dict(doc["spec"]["info"])
-    data = _load(info.name, data_dir, None, None)
-    if tuple(data.info.shape) != tuple(info.shape) or data.info.num_classes != info.num_classes:
-        raise UserInputError(
-            f"the checkpoint's model takes {info.name} inputs of shape {tuple(info.shape)} with "
-            f"{info.num_classes} classes, but the data found has shape {tuple(data.info.shape)} and "
-            f"{data.info.num_classes} classes; point --data-dir at the dataset it was trained on")
-    model = load_checkpoint(checkpoint, device=dev)
-    part = getattr(data, split).sample(limit)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    cm = confusion_matrix(model, part, info.num_classes, batch_size, dev, mc_samples, gen)
-    s = confusion_summary(cm, info.class_names, top=top)
-    from rich.table import Table
-
-    name = doc["spec"].get("model") or doc["spec"].get("factory")  # zoo name or a user's factory
-    _console().print(f"{name} on {info.name} {split} ({s['n']} samples): "
-                     f"accuracy [bold]{s['accuracy']:.4f}[/bold]")
-    t = Table()
-    t.add_column("class")
-    t.add_column("accuracy", justify="right")
-    for c, a in s["per_class"].items():
-        t.add_row(str(c), f"{a:.4f}")
-    _console().print(t)
-    if s["most_confused"]:
-        _console().print("most confused (true -> predicted: count): " + ", ".join(
-            f"{p['true']} -> {p['predicted']}: {p['count']}" for p in s["most_confused"]))
+    mc = given(mc, mc_samples)
+    ld = load_checkpoint_data(checkpoint, data_dir=data_dir, device=device)
+    part = getattr(ld.data, split).sample(limit or None)
+    gen = torch.Generator(device=ld.device).manual_seed(seed)
+    cm = confusion_matrix(ld.model, part, ld.info.num_classes, batch_size, ld.device, mc, gen)
+    _render_confusion(ld.record, ld.info, split, confusion_summary(cm, ld.info.class_names, top=top))
     if adaptive:
-        _adaptive(model, part, info, device=dev, seed=seed, norm=norm, eps=eps,
-                  eps_scale=eps_scale, mc_samples=mc_samples)
-
-
-def _adaptive(model, split, info, *, device, seed: int, norm: str, eps: Optional[str],
-              eps_scale: Optional[float], mc_samples: Optional[int]) -> None:
-    """Seam to the attack engine: the adaptive evaluation of ``split`` (imported lazily)."""
-    import torch
-
-    import robustcompress.attacks as attacks
-
-    if not hasattr(attacks, "evaluate_robustness"):
-        raise UserInputError("--adaptive is not available yet in this version; run "
-                             "`robustcompress attack --help` for single attacks")
-    if eps is None:
-        raise UserInputError("--adaptive needs a budget: pass --eps, e.g. --eps 8/255 (images) or "
-                             "--eps 0.03")
-    threat = attacks.ThreatModel.from_spec(norm=norm, eps=eps, info=info, eps_scale=eps_scale)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    report = attacks.evaluate_robustness(model, split.x.to(device), split.y.to(device), threat,
-                                         mc_samples=mc_samples, generator=gen)
-    report.render(_console())
+        adaptive_evaluation(ld.model, part, ld.info, device=ld.device, seed=seed, norm=norm, eps=eps,
+                            eps_scale=eps_scale, mc_samples=mc).render(_console())
 
 
 def models_cmd() -> None:
