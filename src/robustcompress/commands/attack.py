@@ -14,26 +14,12 @@ from typing import Any, Optional
 
 import typer
 
+from robustcompress.cli_options import (
+    DATA_DIR_HELP, DEVICE_HELP, EOT_HELP, MC_HELP, check_params, deprecated, given, limit_option,
+    out_option, parse_params)
 from robustcompress.errors import UserInputError
 
-
-def _value(text: str) -> Any:
-    """``--param k=v`` values: JSON where it parses (numbers, true/false, lists), else a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["steps=40", "loss=dlr"]`` -> ``{"steps": 40, "loss": "dlr"}``."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserInputError(f"--param expects key=value (e.g. --param decay=0.9), got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = _value(v.strip())
-    return out
+__all__ = ["attack_cmd", "attacks_cmd", "parse_eps_list", "parse_params", "register"]
 
 
 def parse_eps_list(items: list[str]) -> list[str]:
@@ -59,19 +45,21 @@ def attack_cmd(
     paper: bool = typer.Option(False, help="BIM: Kurakin et al.'s schedule (step 1/255, min(eps+4, 1.25 eps) steps)."),
     param: list[str] = typer.Option([], "--param", help="Any other attack parameter, key=value (repeatable)."),
     surrogate: Optional[str] = typer.Option(None, help="Surrogate checkpoint for --attack transfer."),
-    eot: Optional[int] = typer.Option(None, "--eot", min=1, help="EOT draws per gradient (stochastic models; default 20 there)."),
-    mc: Optional[int] = typer.Option(None, "--mc", min=1, help="Draws averaged for the verdict (stochastic models; default 20)."),
-    n: int = typer.Option(1000, "--n", min=1, help="Attack N test samples (a class-stratified subset)."),
+    eot: Optional[int] = typer.Option(None, "--eot", min=1, help=f"{EOT_HELP}."),
+    mc: Optional[int] = typer.Option(None, "--mc", min=1, help=f"{MC_HELP}."),
+    limit: int = limit_option(1000),
+    n: Optional[int] = deprecated("--n", "--limit"),
     batch_size: int = typer.Option(256, min=1, help="Inputs per attack batch."),
     seed: int = typer.Option(0, help="Seed of every random choice (random starts, model noise)."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    out: Optional[str] = typer.Option(None, "--out", help="Also write the results to this JSON file "
-                                      "(with several --eps: a list, one record per eps)."),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the results to this JSON "
+                                           "file (with several --eps: a list, one record per eps)."),
+    out: Optional[str] = out_option(None, "here: OUT/attack.json"),
 ) -> None:
     """Attack a checkpoint and print clean accuracy, robust accuracy and perturbation sizes.
 
-    Example: robustcompress attack --checkpoint runs/lenet5 --attack pgd --eps 0.3 --steps 40
+    Example: robustcompress attack --checkpoint runs/lenet5 --attack pgd --eps 0.3 --steps 40 --limit 500
 
     Example: robustcompress attack --checkpoint runs/resnet20 --attack apgd --eps 8 --eps-scale 255
 
@@ -81,45 +69,48 @@ def attack_cmd(
 
     from robustcompress.attacks import ThreatModel, get_attack, mc_predict, run_attack_sweep
     from robustcompress.attacks.registry import validate_attack_params
-    from robustcompress.device import resolve_device
+    from robustcompress.experiments.protocols.loading import (
+        eval_points, load_checkpoint_data, load_surrogate)
 
     spec = get_attack(attack)
     budgets = parse_eps_list(eps)
-    params = parse_params(param)
-    for key, value in (("steps", steps), ("step_size", step_size), ("restarts", restarts), ("loss", loss)):
-        if value is not None:
-            params[key] = value
-    if paper:
-        params["paper"] = True
-    problems = validate_attack_params(spec.name, params, strict=True)  # before loading anything
-    if problems:
-        raise UserInputError("; ".join(problems))
-    dev = resolve_device(device)
-    model, info, x, y = _load_model_and_data(checkpoint, data_dir, n, dev)
-    if spec.kind == "transfer":
-        if surrogate is None:
-            raise UserInputError("--attack transfer needs --surrogate CHECKPOINT (the model the attacker knows)")
-        params["surrogate"] = _load_model_and_data(surrogate, data_dir, 1, dev, info=info)[0]
-    elif surrogate is not None:
-        raise UserInputError("--surrogate only applies to --attack transfer")
-    threats = [ThreatModel.from_spec(norm, e, info, eps_scale=eps_scale) for e in budgets]
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    params = {**parse_params(param), **{k: v for k, v in (("steps", steps), ("step_size", step_size),
+              ("restarts", restarts), ("loss", loss), ("paper", paper or None)) if v is not None}}
+    check_params("attack", spec.name, validate_attack_params(spec.name, params, strict=True), "attacks")
+    ld = load_checkpoint_data(checkpoint, data_dir=data_dir, test_limit=given(limit, n), device=device)
+    x, y = eval_points(ld.data, given(limit, n), ld.device)
+    if (spec.kind == "transfer") != (surrogate is not None):
+        raise UserInputError("--attack transfer needs --surrogate CHECKPOINT (the model the attacker "
+                             "knows)" if surrogate is None else "--surrogate only applies to --attack transfer")
+    if surrogate is not None:
+        params["surrogate"] = load_surrogate(surrogate, ld.info, ld.device)
+    threats = [ThreatModel.from_spec(norm, e, ld.data.info, eps_scale=eps_scale) for e in budgets]
+    gen = torch.Generator(device=ld.device).manual_seed(seed)
     with torch.no_grad():
-        clean = mc_predict(model, x, mc_samples=mc, generator=gen, batch_size=batch_size).argmax(1) == y
-    sweep = run_attack_sweep(spec.name, model, x, y, threats[0], [t.eps for t in threats], generator=gen,
+        clean = mc_predict(ld.model, x, mc_samples=mc, generator=gen, batch_size=batch_size).argmax(1) == y
+    sweep = run_attack_sweep(spec.name, ld.model, x, y, threats[0], [t.eps for t in threats], generator=gen,
                              eot_samples=eot, mc_samples=mc, batch_size=batch_size, **params)
-    head = {"checkpoint": str(checkpoint), "dataset": info.name, "attack": spec.name}
+    head = {"checkpoint": str(checkpoint), "dataset": ld.data.info.name, "attack": spec.name}
     reports = [_report(head, t, e, eps_scale, seed, clean, sweep[t.eps]) for t, e in zip(threats, budgets)]
     if len(reports) == 1:
         _print(reports[0])
     else:
         _print_rows(reports)
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = reports[0] if len(reports) == 1 else reports
-        path.write_text(json.dumps(doc, indent=2, default=str))
-        typer.echo(f"wrote {path}")
+    _write(reports, json_out, out)
+
+
+def _write(reports: list[dict], json_out: Optional[str], out: Optional[str]) -> None:
+    """The JSON record to ``--json FILE`` or ``OUT/attack.json`` (``--out FILE.json``: deprecated)."""
+    if out and out.endswith(".json") and not json_out:
+        typer.secho("--out FILE.json is deprecated; use --json FILE.json (--out is a run folder)",
+                    err=True, fg="yellow")
+        json_out, out = out, None
+    path = Path(json_out) if json_out else Path(out) / "attack.json" if out else None
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
+    typer.echo(f"wrote {path}")
 
 
 def _report(head: dict, threat, spec: str, eps_scale: Optional[float], seed: int, clean, res) -> dict:
@@ -137,33 +128,6 @@ def _report(head: dict, threat, spec: str, eps_scale: Optional[float], seed: int
         **{k: v for k, v in summary.items() if k != "attack"},
         "robust_and_clean": float((clean & ~res.success).double().mean()),
     }
-
-
-def _load_model_and_data(checkpoint: str, data_dir: Optional[str], n: int, dev, info=None):
-    """The checkpoint's model on ``dev`` and ``n`` class-stratified test samples of its dataset."""
-    from robustcompress.data import load_dataset
-    from robustcompress.data.info import DatasetInfo
-    from robustcompress.training import load_checkpoint
-    from robustcompress.training.checkpoint import read_checkpoint_meta
-
-    doc = read_checkpoint_meta(checkpoint)
-    ck_info = DatasetInfo.from_dict(doc["spec"]["info"])
-    if info is not None:
-        if tuple(ck_info.shape) != tuple(info.shape) or ck_info.num_classes != info.num_classes:
-            raise UserInputError(
-                f"the surrogate {checkpoint} takes {ck_info.name} inputs {tuple(ck_info.shape)} with "
-                f"{ck_info.num_classes} classes, the target {info.name} {tuple(info.shape)} with "
-                f"{info.num_classes}; use a surrogate trained on the same data")
-        return load_checkpoint(checkpoint, device=dev), ck_info, None, None
-    data = load_dataset(ck_info.name, root=data_dir, test_limit=n)
-    if tuple(data.info.shape) != tuple(ck_info.shape) or data.info.num_classes != ck_info.num_classes:
-        raise UserInputError(
-            f"the checkpoint's model takes {ck_info.name} inputs of shape {tuple(ck_info.shape)} with "
-            f"{ck_info.num_classes} classes, but the data found has shape {tuple(data.info.shape)}; "
-            "point --data-dir at the dataset it was trained on")
-    split = data.test.sample(n)
-    model = load_checkpoint(checkpoint, device=dev)
-    return model, data.info, split.x.to(dev), split.y.to(dev).long()
 
 
 def _fmt(v: Any) -> str:
