@@ -186,12 +186,11 @@ def config_show(path: str = typer.Argument(..., help="YAML config file or shippe
 
 
 def config_list() -> None:
-    """List the ready configs shipped in configs/."""
-    from robustcompress.experiments.api import list_configs
+    """List the ready configs shipped in configs/, each with what it runs."""
+    from robustcompress.experiments.config_catalog import describe_configs
 
-    for name, p in list_configs().items():
-        first = (yaml.safe_load(p.read_text()) or {}).get("description", "")
-        typer.echo(f"{name:28s} {first}")
+    for name, text in describe_configs().items():
+        typer.echo(f"{name:36s} {text}")
 
 
 def results(
