@@ -11,7 +11,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
+
+
+def stratified_first(labels: np.ndarray, n: Optional[int]) -> np.ndarray:
+    """Indices of a deterministic class-stratified subset of size ``min(n, len(labels))``.
+
+    Samples are ranked within their class in their stored order; the subset takes rank 0 of
+    every class, then rank 1 of every class, ... (classes in label order) until ``n`` are taken,
+    so each class gets ``n // C`` or one more (a class that runs out leaves its share to the
+    others). The indices are returned sorted, i.e. in the stored order. ``n=None``: all.
+    """
+    labels = np.asarray(labels)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - starts
+    pick = np.lexsort((labels, rank))[:n]  # by rank, then by class
+    return np.sort(pick)
 
 
 @dataclass(frozen=True)
@@ -89,11 +110,9 @@ class Split:
     def sample(self, n: Optional[int] = None) -> "Split":
         """A deterministic class-stratified subset of ``n`` samples in stored order (all if ``n``
         is None or ``>= len``): what every evaluation on "``n`` test points" uses.
-        See :func:`robustcompress.data.splits.stratified_first`."""
+        See :func:`stratified_first`."""
         if n is None or n >= len(self):
             return self
-        from robustcompress.data.splits import stratified_first
-
         idx = torch.from_numpy(stratified_first(self.y.cpu().numpy(), n)).to(self.y.device)
         return Split(self.x.index_select(0, idx.to(self.x.device)), self.y.index_select(0, idx))
 

@@ -1,5 +1,8 @@
 """Pure helpers shared by the loaders: stratified limits, array -> tensor scaling, statistics.
 
+:func:`stratified_first` lives in :mod:`robustcompress.data.info` (``Split.sample`` uses it) and
+is importable from here too.
+
 Arrays are stored compactly (uint8 images, int16 audio) and turned into float32 tensors in the
 declared box only at the end: uint8 ``/ 255`` -> [0, 1]; int16 ``/ 32768`` -> [-1, 1).
 """
@@ -12,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from robustcompress.data.info import Dataset, DatasetInfo, Split
+from robustcompress.data.info import Dataset, DatasetInfo, Split, stratified_first
 from robustcompress.errors import UserInputError
 
 
@@ -23,26 +26,6 @@ def check_limit(name: str, n: Optional[int]) -> Optional[int]:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UserInputError(f"{name} must be a positive integer or None, got {n!r}")
     return int(n)
-
-
-def stratified_first(labels: np.ndarray, n: Optional[int]) -> np.ndarray:
-    """Indices of a deterministic class-stratified subset of size ``min(n, len(labels))``.
-
-    Samples are ranked within their class in their stored order; the subset takes rank 0 of
-    every class, then rank 1 of every class, ... (classes in label order) until ``n`` are taken,
-    so each class gets ``n // C`` or one more (a class that runs out leaves its share to the
-    others). The indices are returned sorted, i.e. in the stored order. ``n=None``: all.
-    """
-    labels = np.asarray(labels)
-    if n is None or n >= len(labels):
-        return np.arange(len(labels))
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    rank = np.empty(len(labels), dtype=np.int64)
-    rank[order] = np.arange(len(labels)) - starts
-    pick = np.lexsort((labels, rank))[:n]  # by rank, then by class
-    return np.sort(pick)
 
 
 def to_float(x: np.ndarray) -> torch.Tensor:
