@@ -40,14 +40,6 @@ def user_cache_dir() -> Path:
     return Path(base) / "robustcompress"
 
 
-def _writable_dir(p: Path) -> bool:
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(p, os.W_OK | os.X_OK)
-
-
 def writable_by_mode(p: Path) -> bool:
     """True if ``p`` is a folder we may write to *and* its mode has a write bit.
 

@@ -52,7 +52,7 @@ from robustcompress.defenses.base import (
 from robustcompress.errors import UserInputError
 from robustcompress.nn import surgery
 from robustcompress.nn.sketch import check_sketch_args
-from robustcompress.nn.tucker import RankSpec, TuckerConv1d, TuckerConv2d, TuckerLinear, _TuckerBase
+from robustcompress.nn.tucker import RankSpec, TuckerBase, TuckerConv1d, TuckerConv2d, TuckerLinear
 from robustcompress.nn.xnor import XNORConv1d, XNORConv2d, XNORLinear
 
 PAPER = "Bulat et al., Defensive Tensorization, BMVC 2021 (arXiv 2110.13859)"
@@ -225,9 +225,9 @@ def binarize(model: nn.Module, *, keep_first_last: bool = True, norm: bool = Tru
     return out
 
 
-def tucker_layers(model: nn.Module) -> list[_TuckerBase]:
+def tucker_layers(model: nn.Module) -> list[TuckerBase]:
     """Every Tucker layer of ``model``."""
-    return [m for m in model.modules() if isinstance(m, _TuckerBase)]
+    return [m for m in model.modules() if isinstance(m, TuckerBase)]
 
 
 def set_theta(model: nn.Module, theta: float) -> nn.Module:
@@ -241,18 +241,6 @@ def set_theta(model: nn.Module, theta: float) -> nn.Module:
     for d in getattr(model, "robustcompress_defenses", []):
         if d.get("name") == "tensorization":
             d["params"]["theta"] = float(theta)
-    return model
-
-
-def set_surrogate(model: nn.Module, surrogate: str) -> nn.Module:
-    """Set the (persistent) backward surrogate of every binary layer; for the ``with`` form used
-    by attacks see :func:`robustcompress.nn.protocol.straight_through`."""
-    from robustcompress.nn.ste import _check
-
-    _check(surrogate)
-    for m in model.modules():
-        if getattr(m, "non_differentiable", False) and hasattr(m, "surrogate"):
-            m.surrogate = surrogate
     return model
 
 

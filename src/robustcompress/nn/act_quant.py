@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.ste import _check, surrogate_gradient
+from robustcompress.nn.ste import check_surrogate, surrogate_gradient
 
 
 def quantize_activation(
@@ -38,7 +38,7 @@ def quantize_activation(
     (gradient 1 everywhere: BPDA), ``"exact"`` (zero gradient, what a naive attacker sees), or any
     other name of :data:`robustcompress.nn.ste.SURROGATES`.
     """
-    _check(surrogate)
+    check_surrogate(surrogate)
     hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
     y = torch.minimum(x.clamp(min=0.0), hi_t)  # differentiable in x and in hi
     if bits is None:
@@ -62,7 +62,7 @@ class ActQuant(nn.Module):
         super().__init__()
         if bits is not None and not 1 <= int(bits) <= 16:
             raise UserInputError(f"activation bits must be in 1..16 (or None), got {bits}")
-        _check(surrogate)
+        check_surrogate(surrogate)
         self.bits = None if bits is None else int(bits)
         self.non_differentiable = self.bits is not None
         self.surrogate = surrogate

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.sap import _rand, sap
+from robustcompress.nn.sap import random_draw, sap
 
 NOISE_KINDS = ("additive", "multiplicative")
 WEIGHT_KINDS = ("additive", "multiplicative", "sap")
@@ -58,7 +58,7 @@ def dropout(h: torch.Tensor, rate: float, *, generator: Optional[torch.Generator
     backward. ``rate`` is the drop probability."""
     if rate == 0:
         return h
-    keep = _rand("rand", h.shape, generator, h.device, dtype=h.dtype) >= rate
+    keep = random_draw("rand", h.shape, generator, h.device, dtype=h.dtype) >= rate
     return h * (keep.to(h.dtype) / (1.0 - rate))
 
 

@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from robustcompress.nn.ste import _check
+from robustcompress.nn.ste import check_surrogate
 
 
 def is_stochastic(model: nn.Module) -> bool:
@@ -94,7 +94,7 @@ def straight_through(model: nn.Module, surrogate: str = "identity"):
 
     The forward stays exact. ``surrogate`` is one of :data:`robustcompress.nn.ste.SURROGATES`.
     """
-    _check(surrogate)
+    check_surrogate(surrogate)
     return _set_attr(
         model, "surrogate", surrogate, lambda m: getattr(m, "non_differentiable", False)
     )

@@ -73,12 +73,6 @@ def quant_scale(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.
     return torch.where(m > 0, m / qmax(bits), torch.ones_like(m))
 
 
-def quantize_codes(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes ``clip(round(W / s), -qmax, qmax)`` as int8 (no gradient)."""
-    q = qmax(bits)
-    return torch.round(w.detach() / scale).clamp(-q, q).to(torch.int8)
-
-
 def fake_quant(w: torch.Tensor, bits: int, per_channel: bool = False,
                surrogate: str = "identity") -> torch.Tensor:
     """``s * clip(round(W / s), -qmax, qmax)`` with a straight-through backward.
@@ -221,18 +215,3 @@ def export_quantized(w: torch.Tensor, fq: FakeQuantize) -> dict[str, torch.Tenso
         "scale": m.reshape(-1).to(torch.float32),
         "shape": torch.tensor(list(w.shape), dtype=torch.int32),
     }
-
-
-def import_quantized(t: dict[str, torch.Tensor], bits: int, mu: Optional[float] = None,
-                     mu_mode: str = "grid") -> torch.Tensor:
-    """Rebuild the quantised weight from :func:`export_quantized`'s tensors."""
-    shape = [int(s) for s in t["shape"]]
-    n = math.prod(shape)
-    q = qmax(bits)
-    codes = (unpack_bits(t["codes"], bits, n) - q).to(torch.float32).view(shape)
-    scale = t["scale"].view(-1, *([1] * (len(shape) - 1))) if t["scale"].numel() > 1 \
-        else t["scale"].reshape(())
-    x = codes / q
-    if mu is not None and mu_mode == "grid":
-        x = mu_law_expand(x, mu)
-    return scale * x

@@ -127,7 +127,7 @@ def keep_probability(p: torch.Tensor, r: int) -> torch.Tensor:
     return torch.log1p(-p).mul_(r).expm1_().neg_()
 
 
-def _rand(kind: str, shape, generator: Optional[torch.Generator], device, dtype=None,
+def random_draw(kind: str, shape, generator: Optional[torch.Generator], device, dtype=None,
           high: int = 0) -> torch.Tensor:
     """Uniforms (``kind="rand"``), integers in ``[0, high)`` (``"int"``) or uniform 64-bit
     integers (``"int64"``) drawn on the generator's device."""
@@ -193,7 +193,7 @@ def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
     # table[b, k] = 4 * (bin of the draws in cell k that lie below the cell's first boundary)
     #               + min(2, number of boundaries c_j in (k, k + 1])
     table = torch.add(hist[:, 1:].clamp(max=2), lo[:, :M], alpha=4)
-    cell = _rand("int", (B, r), generator, dev, high=M)
+    cell = random_draw("int", (B, r), generator, dev, high=M)
     t = table.gather(1, cell)
     n_in = (t & 3).view(-1)
     need = n_in.nonzero().squeeze(1)
@@ -203,7 +203,7 @@ def _exact_drawn(a: torch.Tensor, r: int, generator: Optional[torch.Generator]
         row = need.div(r, rounding_mode="floor")
         k = cell.view(-1).index_select(0, need)
         kf = k.to(torch.float64)
-        u = _rand("rand", (need.numel(),), generator, dev, dtype=torch.float64)
+        u = random_draw("rand", (need.numel(),), generator, dev, dtype=torch.float64)
         base = row * D
         first = tf.index_select(0, need).add_(base)  # first boundary > k, the only one if n_in=1
         ans = first + (c.view(-1).index_select(0, first).sub_(kf) <= u)
@@ -257,7 +257,7 @@ def _kernel_inverse_keep(a: torch.Tensor, r: int, generator: Optional[torch.Gene
         return None
     B = a.shape[0]
     # one 64-bit stream seed per row, drawn from the caller's generator
-    seeds = _rand("int64", (B,), generator, a.device).numpy().view(np.uint64)
+    seeds = random_draw("int64", (B,), generator, a.device).numpy().view(np.uint64)
     out = torch.empty_like(a)
     res = out.numpy()
     workers = min(torch.get_num_threads(), B // MIN_ROW_CHUNK)
@@ -302,7 +302,7 @@ def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Ge
         else:
             total = a.sum(1, keepdim=True)
             p = a / torch.where(total > 0, total, torch.ones_like(total))
-            drawn = _rand("rand", a.shape, generator, a.device, dtype=work) < keep_probability(p, r)
+            drawn = random_draw("rand", a.shape, generator, a.device, dtype=work) < keep_probability(p, r)
         keep = keep_probability(p, r)
         drawn &= keep > 0
         mask = torch.where(drawn, keep.reciprocal_(), 0.0)

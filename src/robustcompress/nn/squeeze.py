@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.ste import _check, surrogate_gradient
+from robustcompress.nn.ste import check_surrogate, surrogate_gradient
 
 
 def bit_depth(x: torch.Tensor, bits: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
@@ -88,7 +88,7 @@ class BitDepth(nn.Module):
     def __init__(self, bits: int, bounds: tuple[float, float] = (0.0, 1.0),
                  surrogate: str = "exact"):
         super().__init__()
-        _check(surrogate)
+        check_surrogate(surrogate)
         self.bits, self.bounds, self.surrogate = int(bits), tuple(bounds), surrogate
         bit_depth(torch.zeros(1), self.bits)  # validates bits
 
@@ -111,7 +111,7 @@ class MedianFilter(nn.Module):
 
     def __init__(self, size: int = 2, surrogate: str = "exact"):
         super().__init__()
-        _check(surrogate)
+        check_surrogate(surrogate)
         self.size, self.surrogate = int(size), surrogate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

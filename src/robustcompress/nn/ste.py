@@ -27,13 +27,19 @@ import torch
 SURROGATES = ("identity", "clipped", "tanh", "tanh0.75", "exact")
 
 
-def _check(surrogate: str) -> None:
+def check_surrogate(surrogate: str) -> None:
+    """Refuse a surrogate name that is not in :data:`SURROGATES`, listing the choices."""
     if surrogate not in SURROGATES:
         from robustcompress.errors import UserInputError
 
         raise UserInputError(
             f"unknown surrogate gradient {surrogate!r}; choose one of {', '.join(SURROGATES)}"
         )
+
+
+#: Old private name, still imported by ``attacks/adaptive.py``; remove once it imports
+#: :func:`check_surrogate`.
+_check = check_surrogate
 
 
 def surrogate_gradient(
@@ -52,7 +58,7 @@ def surrogate_gradient(
     surrogate : one of :data:`SURROGATES`.
     lo, hi : the pass-band of ``"clipped"`` (XNOR-Net uses [-1, 1]; a quantiser its range).
     """
-    _check(surrogate)
+    check_surrogate(surrogate)
     value = value.detach()
     if surrogate == "exact":
         return value + 0.0 * x  # keeps the graph (zero gradient), as the true derivative

@@ -43,14 +43,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.counted import ConvOp, LinearOp
+from robustcompress.nn.counted import batched_conv, batched_linear, CONV_FNS, ConvOp, LinearOp, pad_arg
 from robustcompress.nn.sketch import check_sketch_args, sample_core_masks, sketch_tucker
 from robustcompress.nn.xnor import input_norm, xnor_conv, xnor_linear
 
 RankSpec = Union[int, float, None, Sequence[Union[int, float, None]]]
-
-_CONV = {1: F.conv1d, 2: F.conv2d}
-
 
 # ----------------------------------------------------------------------------- tensor algebra
 
@@ -228,35 +225,6 @@ def fold_spatial(core: torch.Tensor, factors: Sequence[torch.Tensor], *, batch_d
     return out
 
 
-def batched_conv(x: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,
-                 ndim: int = 2, conv: Optional[Callable] = None) -> torch.Tensor:
-    """Per-sample kernels: ``out[b] = conv(x[b], weight[b])`` as one grouped conv (groups=B).
-
-    ``x`` is ``(B, C, ...)``, ``weight`` is ``(B, O, C, k...)``.
-    """
-    conv = conv or _CONV[ndim]
-    b, c = x.shape[:2]
-    o = weight.shape[1]
-    out = conv(x.reshape(1, b * c, *x.shape[2:]), weight.reshape(b * o, *weight.shape[2:]),
-               None, stride, _pad_arg(padding, ndim), dilation, b)
-    return out.reshape(b, o, *out.shape[2:])
-
-
-def batched_linear(x: torch.Tensor, weight: torch.Tensor, *, conv: Optional[Callable] = None
-                   ) -> torch.Tensor:
-    """Per-sample matrices: ``out[b] = x[b] @ weight[b].T`` for ``x (B, ..., I)``, ``weight
-    (B, O, I)``, as a grouped 1x1 conv (so hook-based MAC counters see it)."""
-    b, i = x.shape[0], x.shape[-1]
-    h = x.reshape(b, -1, i).transpose(1, 2)
-    out = batched_conv(h, weight.unsqueeze(-1), ndim=1, conv=conv)
-    return out.transpose(1, 2).reshape(*x.shape[:-1], weight.shape[1])
-
-
-def _pad_arg(padding, ndim: int):
-    return padding if isinstance(padding, str) else tuple(padding) if isinstance(
-        padding, (list, tuple)) else (padding,) * ndim
-
-
 def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Tensor],
                 bias: Optional[torch.Tensor] = None, *, stride=1, padding=0, dilation=1,
                 ndim: int = 2, execution: str = "factorized", conv: Optional[Callable] = None
@@ -280,10 +248,10 @@ def tucker_conv(x: torch.Tensor, core: torch.Tensor, factors: Sequence[torch.Ten
     -------
     ``(B, O, ...)``, equal (up to float rounding) to the dense conv with the reconstructed kernel.
     """
-    if ndim not in _CONV:
+    if ndim not in CONV_FNS:
         raise UserInputError(f"tucker_conv supports ndim 1 or 2, got {ndim}")
-    conv = conv or _CONV[ndim]
-    padding = _pad_arg(padding, ndim)
+    conv = conv or CONV_FNS[ndim]
+    padding = pad_arg(padding, ndim)
     if execution == "reconstructed":
         return conv(x, tucker_to_tensor(core, factors), bias, stride, padding, dilation)
     if execution != "factorized":
@@ -323,7 +291,7 @@ def tucker_conv_per_sample(x: torch.Tensor, cores: torch.Tensor,
     sample (:func:`batched_conv`). Used by the ``"sample"`` sketch granularity.
     """
     u_out, u_in = factors[0], factors[1]
-    conv = conv or _CONV[ndim]
+    conv = conv or CONV_FNS[ndim]
     ones = (1,) * ndim
     h = conv(x, u_in.T.reshape(u_in.shape[1], u_in.shape[0], *ones))
     h = batched_conv(h, fold_spatial(cores, factors, batch_dims=1), stride=stride,
@@ -342,14 +310,9 @@ def tucker_linear_per_sample(x: torch.Tensor, cores: torch.Tensor,
     return linear(h, u_out, bias)
 
 
-def tucker_params(shape: Sequence[int], ranks: Sequence[int]) -> int:
-    """Number of stored parameters of a Tucker weight (core + factors, no bias)."""
-    return math.prod(ranks) + sum(d * r for d, r in zip(shape, ranks))
-
-
 # ----------------------------------------------------------------------------- modules
 
-class _TuckerBase(nn.Module):
+class TuckerBase(nn.Module):
     """Shared state of the Tucker modules: core, factors, bias and the rank sketch settings.
 
     Randomness protocol (:mod:`robustcompress.nn.protocol`): ``stochastic`` is True iff the
@@ -461,7 +424,7 @@ class _TuckerBase(nn.Module):
         raise NotImplementedError
 
 
-class _TuckerConvNd(_TuckerBase):
+class _TuckerConvNd(TuckerBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: RankSpec = 1.0, *,
                  stride=1, padding=0, dilation=1, bias: bool = True, **kw):
         ks = (kernel_size,) * self.ndim if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -529,7 +492,7 @@ class TuckerConv2d(_TuckerConvNd):
     ndim = 2
 
 
-class TuckerLinear(_TuckerBase):
+class TuckerLinear(TuckerBase):
     """Linear layer with ``W = U_O G U_I^T`` (a Tucker-2 / low-rank matrix factorisation)."""
 
     ndim = 0
@@ -570,7 +533,7 @@ class TuckerLinear(_TuckerBase):
         return layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
 
 
-def _init_from(layer: _TuckerBase, weight: torch.Tensor, init: str, n_iter: int) -> None:
+def _init_from(layer: TuckerBase, weight: torch.Tensor, init: str, n_iter: int) -> None:
     if init == "random":
         return
     if init == "hosvd":

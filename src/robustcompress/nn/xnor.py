@@ -34,10 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.counted import ConvOp, LinearOp
-from robustcompress.nn.ste import _check, sign
-
-_CONV = {1: F.conv1d, 2: F.conv2d}
+from robustcompress.nn.counted import CONV_FNS, ConvOp, LinearOp, batched_conv, batched_linear
+from robustcompress.nn.ste import check_surrogate, sign
 
 
 def binarize_weight(weight: torch.Tensor, *, batch_dims: int = 0) -> torch.Tensor:
@@ -53,7 +51,7 @@ def input_scale(x: torch.Tensor, kernel_size, *, stride=1, padding=0, dilation=1
     ks = (kernel_size,) * ndim if isinstance(kernel_size, int) else tuple(kernel_size)
     a = x.abs().mean(dim=1, keepdim=True)
     box = torch.full((1, 1, *ks), 1.0 / math.prod(ks), dtype=x.dtype, device=x.device)
-    return (conv or _CONV[ndim])(a, box, None, stride, padding, dilation)
+    return (conv or CONV_FNS[ndim])(a, box, None, stride, padding, dilation)
 
 
 def xnor_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -64,18 +62,16 @@ def xnor_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     ``weight`` is ``(O, I, k...)``, or ``(B, O, I, k...)`` with ``per_sample=True`` (one kernel per
     sample, run as a grouped conv). ``conv`` replaces ``F.conv{ndim}d`` (hookable op modules).
     """
-    from robustcompress.nn.tucker import batched_conv
-
-    if ndim not in _CONV:
+    if ndim not in CONV_FNS:
         raise UserInputError(f"xnor_conv supports ndim 1 or 2, got {ndim}")
-    _check(surrogate)
+    check_surrogate(surrogate)
     wb = binarize_weight(weight, batch_dims=1 if per_sample else 0)
     xb = sign(x, surrogate)
     if per_sample:
         out = batched_conv(xb, wb, stride=stride, padding=padding, dilation=dilation, ndim=ndim,
                            conv=conv)
     else:
-        out = (conv or _CONV[ndim])(xb, wb, None, stride, padding, dilation)
+        out = (conv or CONV_FNS[ndim])(xb, wb, None, stride, padding, dilation)
     out = out * input_scale(x, weight.shape[-ndim:], stride=stride, padding=padding,
                             dilation=dilation, ndim=ndim, conv=conv)
     if bias is not None:
@@ -91,9 +87,7 @@ def xnor_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
     ``weight`` is ``(O, I)`` or, with ``per_sample=True``, ``(B, O, I)`` (grouped 1x1 ``conv``).
     """
-    from robustcompress.nn.tucker import batched_linear
-
-    _check(surrogate)
+    check_surrogate(surrogate)
     wb = binarize_weight(weight, batch_dims=1 if per_sample else 0)
     xb = sign(x, surrogate)
     out = batched_linear(xb, wb, conv=conv) if per_sample else (linear or F.linear)(xb, wb)

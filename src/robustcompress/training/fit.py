@@ -265,11 +265,6 @@ def _check_loss(loss: torch.Tensor, name: str = "") -> None:
             "is saved and the same call resumes from it).")
 
 
-def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip each image left-right with probability 1/2 (draws from ``gen``)."""
-    return _apply_flip(x, _flip_mask(x.shape[0], gen))
-
-
 def _flip_mask(n: int, gen: torch.Generator) -> torch.Tensor:
     """Which of ``n`` images are flipped (one draw per image of the global batch)."""
     return torch.rand(n, generator=gen) < 0.5
