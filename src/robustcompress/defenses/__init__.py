@@ -7,9 +7,12 @@ below.
 from robustcompress.defenses.base import (  # noqa: F401
     DefenseContext,
     DefenseParams,
+    DefenseRecord,
     DefenseSpec,
+    defense_records,
     get_defense,
     list_defenses,
+    record_defense,
     register_defense,
 )
 from robustcompress.defenses import pruning  # noqa: F401,E402

@@ -25,7 +25,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    record_defense,
+    register_defense,
+)
 from robustcompress.errors import UserInputError
 from robustcompress.training.config import LrSteps, recipe_overrides
 
@@ -132,6 +138,4 @@ class AdversarialTrainingDefense(DefenseSpec):
             progress=ctx.progress, steps=params.steps, step_size=params.step_size, mix=params.mix,
             random_steps=params.random_steps, random_eps=params.random_eps,
             min_eps_fraction=params.min_eps_fraction, attack_mode=params.attack_mode)
-        net.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-            {"name": self.name, "params": params.model_dump(mode="json")}]
-        return {"": net}
+        return {"": record_defense(net, self.name, params.model_dump(mode="json"), base=model)}

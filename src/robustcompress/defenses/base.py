@@ -16,10 +16,17 @@ Python API (e.g. ``sap(model, frac=1.0)``) *and* a registered :class:`DefenseSpe
 suffix (``""`` for one variant, ``"round3"`` for progressive pruning rounds, ...) to a model.
 The returned models declare their own randomness / non-differentiability through
 :mod:`robustcompress.nn.protocol`, so the evaluator needs nothing else.
+
+Every defended model carries its *defense record* (:func:`record_defense`,
+:func:`defense_records`): ``[{"name", "params"}]`` in the order applied, which a checkpoint stores
+and :func:`rebuild_defenses` replays through each :meth:`DefenseSpec.structure`. This module owns
+it and registers it with the checkpoint code (:func:`~robustcompress.training.checkpoint.register_checkpoint_part`),
+so ``training`` never imports ``defenses``.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -30,6 +37,7 @@ from torch import nn
 
 from robustcompress.data.info import Dataset
 from robustcompress.errors import UserInputError
+from robustcompress.training.checkpoint import register_checkpoint_part
 
 
 class DefenseParams(BaseModel):
@@ -183,3 +191,63 @@ def describe_coverage(report: list[Coverage], sites: bool = False) -> list[str]:
 
 def parse_params(name: str, raw: dict[str, Any]) -> DefenseParams:
     return get_defense(name).Params(**(raw or {}))
+
+
+# ============================================================================ defense record
+#: The model attribute holding the record (a JSON list ``[{"name", "params"}]``); the checkpoint's
+#: ``"defenses"`` entry stores it unchanged.
+RECORD_ATTR = "robustcompress_defenses"
+
+
+@dataclass(frozen=True)
+class DefenseRecord:
+    """One applied defense: its registered name and the parameters that rebuild its structure."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": copy.deepcopy(dict(self.params))}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DefenseRecord":
+        return cls(str(d["name"]), dict(d.get("params") or {}))
+
+
+def defense_records(model: nn.Module) -> list[dict[str, Any]]:
+    """A copy of ``model``'s defense record (``[]`` for an undefended model)."""
+    return copy.deepcopy(list(getattr(model, RECORD_ATTR, None) or []))
+
+
+def set_defense_records(model: nn.Module, records: list[dict[str, Any]]) -> nn.Module:
+    """Give ``model`` (a copy of) ``records`` as its defense record; returns ``model``."""
+    setattr(model, RECORD_ATTR, copy.deepcopy(list(records)))
+    return model
+
+
+def record_defense(model: nn.Module, name: str, params: dict[str, Any],
+                   base: Optional[nn.Module] = None) -> nn.Module:
+    """Append ``{"name": name, "params": params}`` to the record of ``base`` (default ``model``
+    itself) and store it on ``model``; returns ``model``."""
+    records = defense_records(model if base is None else base)
+    return set_defense_records(model, records + [DefenseRecord(name, dict(params)).to_dict()])
+
+
+def replace_last_params(model: nn.Module, params: dict[str, Any]) -> nn.Module:
+    """Replace the parameters of the last recorded defense (an adapter records its full schema
+    over the plain API's subset); returns ``model``."""
+    records = defense_records(model)
+    records[-1]["params"] = copy.deepcopy(dict(params))
+    return set_defense_records(model, records)
+
+
+def rebuild_defenses(model: nn.Module, records: list[dict[str, Any]]) -> nn.Module:
+    """The defended architecture (weights undefined) of ``model`` after ``records``: each
+    defense's :meth:`DefenseSpec.structure`, in order; the result carries ``records``."""
+    for d in map(DefenseRecord.from_dict, records):
+        spec = get_defense(d.name)
+        model = spec.structure(model, spec.Params(**d.params))
+    return set_defense_records(model, records) if records else model
+
+
+register_checkpoint_part("defenses", defense_records, rebuild_defenses)

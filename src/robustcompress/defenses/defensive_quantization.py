@@ -23,7 +23,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    record_defense,
+    register_defense,
+)
 from robustcompress.nn.act_quant import replace_relus
 
 
@@ -83,9 +89,7 @@ class DefensiveQuantizationDefense(DefenseSpec):
             hi=params.hi, learn_range=params.learn_range, base_objective=base,
             config=TrainConfig(epochs=max(params.epochs, 0), seed=ctx.seed), fit_fn=fit_fn,
             progress=ctx.progress)
-        net.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-            {"name": self.name, "params": params.model_dump(mode="json")}]
-        return {"": net}
+        return {"": record_defense(net, self.name, params.model_dump(mode="json"), base=model)}
 
     def coverage(self, model: nn.Module, params):
         from robustcompress.defenses.base import activation_coverage

@@ -23,7 +23,14 @@ from typing import Literal, Optional, Sequence
 import torch
 from torch import nn
 
-from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    defense_records,
+    register_defense,
+    set_defense_records,
+)
 from robustcompress.errors import UserInputError
 from robustcompress.nn.squeeze import BitDepth, MedianFilter
 
@@ -159,5 +166,4 @@ class FeatureSqueezingDefense(DefenseSpec):
 def _copy_meta(src: nn.Module, dst: nn.Module, entry: Optional[dict]) -> None:
     if hasattr(src, "robustcompress_spec"):
         dst.robustcompress_spec = src.robustcompress_spec
-    recipe = list(getattr(src, "robustcompress_defenses", []) or [])
-    dst.robustcompress_defenses = recipe + ([entry] if entry else [])
+    set_defense_records(dst, defense_records(src) + ([entry] if entry else []))

@@ -30,7 +30,13 @@ from pydantic import Field
 from torch import nn
 
 from robustcompress.data.info import Dataset, Split
-from robustcompress.defenses.base import DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseParams,
+    DefenseSpec,
+    record_defense,
+    register_defense,
+    replace_last_params,
+)
 from robustcompress.errors import UserInputError
 
 
@@ -168,8 +174,7 @@ def feedback_learning(model: nn.Module, dataset: Dataset, *, rounds: int = 2, ep
         history.append({"round": r + 1, "class_scores": new["class_scores"].tolist(),
                         "tiers": new["tiers"], "generated": int(new["y"].numel()),
                         "metrics": res.metrics})
-    model.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-        {"name": "feedback_learning", "params": {"rounds": rounds, "epochs": epochs, "pool": pool}}]
+    record_defense(model, "feedback_learning", {"rounds": rounds, "epochs": epochs, "pool": pool})
     return model, history
 
 
@@ -204,5 +209,4 @@ class FeedbackLearningDefense(DefenseSpec):
             high_frac=params.high_frac, low_frac=params.low_frac,
             per_tier=(params.n_high, params.n_medium, params.n_low),
             scale=(params.scale_min, params.scale_max), select=params.select)
-        out.robustcompress_defenses[-1]["params"] = params.model_dump()
-        return {"": out}
+        return {"": replace_last_params(out, params.model_dump())}

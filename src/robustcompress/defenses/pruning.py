@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from robustcompress.data.info import Dataset
-from robustcompress.defenses.base import DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import DefenseParams, DefenseSpec, record_defense, register_defense
 from robustcompress.errors import UserInputError
 from robustcompress.nn import surgery
 from robustcompress.nn.masks import magnitude_prune, mask_structure
@@ -140,7 +140,6 @@ def _progressive(model: nn.Module, params: dict, rounds: int,
     kfl = params["keep_first_last"]
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
-    recipe = list(getattr(model, "robustcompress_defenses", []) or [])
     current = copy.deepcopy(model)
     out = [(0.0, copy.deepcopy(model))]
     for k in range(1, rounds + 1):
@@ -161,7 +160,7 @@ def _progressive(model: nn.Module, params: dict, rounds: int,
                 save_file({n: t.detach().contiguous().cpu() for n, t in nxt.state_dict().items()},
                           str(st))
                 js.write_text(json.dumps({"round": k, **params}))
-        nxt.robustcompress_defenses = recipe + [{"name": "prune", "params": {**params, "rounds": k}}]
+        record_defense(nxt, "prune", {**params, "rounds": k}, base=model)
         sp = pruned_sparsity(nxt, kfl)
         if on_round is not None:
             on_round(k, sp, nxt)

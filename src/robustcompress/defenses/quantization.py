@@ -27,7 +27,13 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from robustcompress.defenses.base import DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseParams,
+    DefenseSpec,
+    record_defense,
+    register_defense,
+    replace_last_params,
+)
 from robustcompress.errors import UserInputError
 from robustcompress.nn.masks import attach_export, get_quantizer, prunable_layers
 from robustcompress.nn.quant import FakeQuantize
@@ -74,9 +80,7 @@ def quantize(model: nn.Module, bits: Optional[int] = 3, **kw) -> nn.Module:
     q = add_quantizers(copy.deepcopy(model), bits, **kw)
     params = {"bits": bits, **{k: v for k, v in kw.items() if k in (
         "per_channel", "mu_law_layers", "mu", "mu_mode")}}
-    q.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-        {"name": "quantize", "params": params}]
-    return q
+    return record_defense(q, "quantize", params, base=model)
 
 
 def float_reference(model: nn.Module) -> nn.Module:
@@ -112,7 +116,7 @@ class QuantizeDefense(DefenseSpec):
     def apply(self, model, params, ctx):
         q = quantize(model, params.bits, per_channel=params.per_channel,
                      mu_law_layers=params.mu_law_layers, mu=params.mu, mu_mode=params.mu_mode)
-        q.robustcompress_defenses[-1]["params"] = params.model_dump()
+        replace_last_params(q, params.model_dump())
         if params.qat_epochs > 0:
             if ctx.fit is not None:
                 q = ctx.fit(q, epochs=params.qat_epochs)

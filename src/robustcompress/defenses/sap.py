@@ -39,6 +39,7 @@ from robustcompress.defenses.base import (
     DefenseParams,
     DefenseSpec,
     activation_coverage,
+    record_defense,
     register_defense,
 )
 from robustcompress.errors import UserInputError
@@ -56,13 +57,6 @@ def insert_after(model: nn.Module, make: Callable[[str], nn.Module], layers: Lay
     reused module or ``F.relu``), ``"activations"`` (every activation) or a list of site/module
     names. A site that cannot be rewritten raises :class:`~robustcompress.nn.surgery.SiteError`."""
     return surgery.insert_after(model, lambda site: make(site.name), layers, example=example)
-
-
-def record(model: nn.Module, name: str, params: dict) -> nn.Module:
-    """Append ``{"name", "params"}`` to ``model.robustcompress_defenses`` (the checkpoint recipe)."""
-    model.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-        {"name": name, "params": dict(params)}]
-    return model
 
 
 def sap(model: nn.Module, frac: float = 1.0, layers: Layers = "relu", method: str = "exact",
@@ -93,7 +87,7 @@ def sap(model: nn.Module, frac: float = 1.0, layers: Layers = "relu", method: st
     out = insert_after(copy.deepcopy(model), lambda _: SAP(frac, method, generator), layers, example)
     params = {"frac": float(frac), "layers": layers if isinstance(layers, str) else list(layers),
               "method": method}
-    return record(out, "sap", params)
+    return record_defense(out, "sap", params)
 
 
 def predict(model: nn.Module, x: torch.Tensor, mc_samples: Optional[int] = None, *,

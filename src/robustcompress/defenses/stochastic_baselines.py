@@ -37,9 +37,10 @@ from robustcompress.defenses.base import (
     DefenseSpec,
     activation_coverage,
     layer_coverage,
+    record_defense,
     register_defense,
 )
-from robustcompress.defenses.sap import Layers, insert_after, record
+from robustcompress.defenses.sap import Layers, insert_after
 from robustcompress.nn.masks import MagnitudeMask, prunable_layers
 from robustcompress.nn.noise import ActivationNoise, TestTimeDropout, WeightNoise, topk_keep_mask
 
@@ -53,7 +54,7 @@ def _layers_param(layers) -> Union[str, list[str], None]:
 def dropout_after_relu(model: nn.Module, rate: float = 0.1, layers: Layers = "relu") -> nn.Module:
     """DRO: a deep copy with test-time inverted dropout (drop probability ``rate``) after every ReLU."""
     out = insert_after(copy.deepcopy(model), lambda _: TestTimeDropout(rate), layers)
-    return record(out, "dropout", {"rate": float(rate), "layers": _layers_param(layers)})
+    return record_defense(out, "dropout", {"rate": float(rate), "layers": _layers_param(layers)})
 
 
 def activation_noise(model: nn.Module, s: float, kind: str = "additive",
@@ -61,7 +62,7 @@ def activation_noise(model: nn.Module, s: float, kind: str = "additive",
     """RNA (``kind="additive"``) / RSA (``"multiplicative"``) after every ReLU, on a deep copy."""
     out = insert_after(copy.deepcopy(model), lambda _: ActivationNoise(s, kind), layers)
     name = "rna" if kind == "additive" else "rsa"
-    return record(out, name, {"s": float(s), "layers": _layers_param(layers)})
+    return record_defense(out, name, {"s": float(s), "layers": _layers_param(layers)})
 
 
 def _parametrize(model: nn.Module, make, layers: Optional[Sequence[str]]) -> nn.Module:
@@ -79,7 +80,7 @@ def weight_noise(model: nn.Module, kind: str, value: float,
     (``"sap"``, ``value=frac``) on every Conv/Linear weight of a deep copy (one draw per forward)."""
     out = _parametrize(copy.deepcopy(model), lambda _: WeightNoise(kind, value), layers)
     key = "frac" if kind == "sap" else "s"
-    return record(out, _WEIGHT_NAMES[kind], {key: float(value), "layers": _layers_param(layers)})
+    return record_defense(out, _WEIGHT_NAMES[kind], {key: float(value), "layers": _layers_param(layers)})
 
 
 def deterministic_weight_pruning(model: nn.Module, keep: float,
@@ -89,7 +90,7 @@ def deterministic_weight_pruning(model: nn.Module, keep: float,
     :class:`robustcompress.nn.masks.MagnitudeMask`, so compression metrics see the zeros."""
     out = _parametrize(copy.deepcopy(model), lambda m: MagnitudeMask(topk_keep_mask(m.weight, keep)),
                        layers)
-    return record(out, "dwp", {"keep": float(keep), "layers": _layers_param(layers)})
+    return record_defense(out, "dwp", {"keep": float(keep), "layers": _layers_param(layers)})
 
 
 class _Baseline(DefenseSpec):

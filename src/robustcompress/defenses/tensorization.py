@@ -47,7 +47,11 @@ from robustcompress.defenses.base import (
     DefenseContext,
     DefenseParams,
     DefenseSpec,
+    defense_records,
+    record_defense,
     register_defense,
+    replace_last_params,
+    set_defense_records,
 )
 from robustcompress.errors import UserInputError
 from robustcompress.nn import surgery
@@ -140,11 +144,6 @@ def tensorize_plan(model: nn.Module, keep_first_last: bool = True,
     return [n for n in names if n not in ends], dense
 
 
-def _record(model: nn.Module, name: str, params: dict) -> None:
-    model.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", [])) + [
-        {"name": name, "params": params}]
-
-
 def tensorize(model: nn.Module, rank: RankSpec = 1.0, theta: float = 1.0, *,
               modes: Optional[Sequence[int]] = None, keep_first_last: bool = True,
               init: str = "hosvd", execution: str = "factorized", granularity: str = "batch",
@@ -195,7 +194,7 @@ def tensorize(model: nn.Module, rank: RankSpec = 1.0, theta: float = 1.0, *,
     for name in convert:
         layer = out.get_submodule(name)
         surgery.replace_module(out, name, handlers[type(layer)](layer, opts, binary and name not in first_last))
-    _record(out, "tensorization", dict(
+    record_defense(out, "tensorization", dict(
         rank=list(rank) if isinstance(rank, (list, tuple)) else rank, theta=theta,
         modes=list(modes_t) if modes_t is not None else None, keep_first_last=keep_first_last,
         binary=binary, execution=execution, granularity=granularity, rescale=rescale, init=init))
@@ -221,7 +220,7 @@ def binarize(model: nn.Module, *, keep_first_last: bool = True, norm: bool = Tru
         if name not in ends:
             layer = out.get_submodule(name)
             surgery.replace_module(out, name, _XNOR[type(layer)](layer, norm=norm))
-    _record(out, "xnor", dict(keep_first_last=keep_first_last, norm=norm))
+    record_defense(out, "xnor", dict(keep_first_last=keep_first_last, norm=norm))
     return out
 
 
@@ -238,10 +237,11 @@ def set_theta(model: nn.Module, theta: float) -> nn.Module:
     for m in layers:
         check_sketch_args(theta, m.sketch_modes, len(m.weight_shape), m.rescale, m.granularity)
         m.theta = float(theta)
-    for d in getattr(model, "robustcompress_defenses", []):
+    records = defense_records(model)
+    for d in records:
         if d.get("name") == "tensorization":
             d["params"]["theta"] = float(theta)
-    return model
+    return set_defense_records(model, records) if records else model
 
 
 def adversarial_objective(info, eps: Union[str, float], *, steps: int = 7,
@@ -352,8 +352,7 @@ class TensorizationDefense(DefenseSpec):
             out = tensorize(model, theta=params.theta, **kw)
         else:
             out = self._train(model, params, ctx, kw)
-        out.robustcompress_defenses[-1]["params"] = params.model_dump()
-        return {"": out}
+        return {"": replace_last_params(out, params.model_dump())}
 
     def _train(self, model, params, ctx, kw):
         from robustcompress.training import TrainConfig
@@ -378,8 +377,7 @@ class TensorizationDefense(DefenseSpec):
 
     def structure(self, model: nn.Module, params) -> nn.Module:
         out = tensorize(model, theta=params.theta, **self._tensorize_kw(params, init="random"))
-        out.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []))
-        return out
+        return set_defense_records(out, defense_records(model))
 
 
 def _default_eps(info, eps):
@@ -420,10 +418,8 @@ class XNORDefense(DefenseSpec):
 
                 fit(out, ctx.dataset, TrainConfig(epochs=params.finetune_epochs, seed=ctx.seed),
                     device=ctx.device, progress=ctx.progress)
-        out.robustcompress_defenses[-1]["params"] = params.model_dump()
-        return {"": out.eval()}
+        return {"": replace_last_params(out, params.model_dump()).eval()}
 
     def structure(self, model: nn.Module, params) -> nn.Module:
         out = binarize(model, keep_first_last=params.keep_first_last, norm=params.norm)
-        out.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []))
-        return out
+        return set_defense_records(out, defense_records(model))

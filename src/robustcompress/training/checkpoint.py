@@ -2,9 +2,11 @@
 
 A model checkpoint records how to rebuild the architecture before loading weights: the spec
 (``model.robustcompress_spec``: zoo model name or a user's factory with its declared input, kwargs,
-dataset info) and the defenses applied
-(``model.robustcompress_defenses``: ``[{"name", "params"}]``), rebuilt with
-``get_defense(name).structure(model, Params(**params))``.
+dataset info) and the parts later packages own, each registered here with
+:func:`register_checkpoint_part` (``"defenses"``: the defense record ``[{"name", "params"}]``,
+registered by :mod:`robustcompress.defenses.base`, which replays each defense's structure). The
+packages named in ``robustcompress.CHECKPOINT_PLUGINS`` are imported on first use, so a checkpoint
+loads without its caller importing them, and this package never imports them by name.
 
 Files are written to a temporary name, flushed, and moved into place, so a crash never leaves a
 half-written checkpoint under the final name; a failed write (full disk, read-only folder) is one
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save
@@ -30,6 +34,37 @@ from robustcompress.errors import DataError, UserInputError
 
 FORMAT = "robustcompress-checkpoint"
 PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class CheckpointPart:
+    """A part of a checkpoint's JSON owned by a later package: ``dump(model)`` gives its JSON
+    value, ``rebuild(model, value)`` turns the rebuilt base model into the saved architecture."""
+
+    dump: Callable[[nn.Module], Any]
+    rebuild: Callable[[nn.Module, Any], nn.Module]
+
+
+#: Registry: JSON key -> its :class:`CheckpointPart`, filled by the owning packages.
+CHECKPOINT_PARTS: dict[str, CheckpointPart] = {}
+
+
+def register_checkpoint_part(key: str, dump: Callable[[nn.Module], Any],
+                             rebuild: Callable[[nn.Module, Any], nn.Module]) -> None:
+    """Let the package that owns ``key`` write and rebuild it (one owner per key)."""
+    if key in CHECKPOINT_PARTS:
+        raise RuntimeError(f"checkpoint part {key!r} registered twice")
+    CHECKPOINT_PARTS[key] = CheckpointPart(dump, rebuild)
+
+
+def checkpoint_parts() -> dict[str, CheckpointPart]:
+    """The registered parts, after importing the packages that register them
+    (``robustcompress.CHECKPOINT_PLUGINS``, named by the top-level package)."""
+    import robustcompress
+
+    for name in robustcompress.CHECKPOINT_PLUGINS:
+        importlib.import_module(name)
+    return CHECKPOINT_PARTS
 
 
 def checkpoint_stem(path: PathLike) -> Path:
@@ -163,7 +198,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, meta: Optional[dict] = Non
         "library_version": __version__,
         "torch_version": torch.__version__,
         "spec": spec,
-        "defenses": list(getattr(model, "robustcompress_defenses", []) or []),
+        **{key: part.dump(model) for key, part in checkpoint_parts().items()},
         **(meta or {}),
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "weights_bytes": len(blob),
@@ -223,7 +258,8 @@ def read_checkpoint_meta(path: PathLike) -> dict:
 
 def rebuild_model(doc: dict, source: Optional[PathLike] = None) -> nn.Module:
     """Architecture of a checkpoint without weights: zoo or foreign model (see
-    :func:`robustcompress.models.build_from_spec`), then each defense's structure.
+    :func:`robustcompress.models.build_from_spec`), then each registered part's rebuild (the
+    defenses' structures).
 
     ``source`` (the JSON file) only names the file in errors: a spec that cannot be rebuilt (unknown
     model or defense, bad arguments) raises one ``DataError``.
@@ -232,22 +268,16 @@ def rebuild_model(doc: dict, source: Optional[PathLike] = None) -> nn.Module:
 
     js = source if source is not None else "(given as a dict)"
     _check_doc(js, doc)
-    defenses = list(doc.get("defenses", []))
     try:
         model = build_from_spec(doc["spec"])
-        if defenses:
-            from robustcompress.defenses.base import get_defense
-
-            for d in defenses:
-                spec_d = get_defense(d["name"])
-                model = spec_d.structure(model, spec_d.Params(**(d.get("params") or {})))
+        for key, part in checkpoint_parts().items():
+            if doc.get(key):
+                model = part.rebuild(model, doc[key])
     except UserInputError as e:  # its message names the fix (unknown model, missing factory)
         raise DataError(f"checkpoint {js} cannot be rebuilt: {e}") from None
     except (TypeError, KeyError) as e:
         raise DataError(f"checkpoint {js} cannot be rebuilt ({type(e).__name__}: {e}); it was "
                         "written by another version of robustcompress or edited: re-create it") from None
-    if defenses:
-        model.robustcompress_defenses = defenses
     return model
 
 
