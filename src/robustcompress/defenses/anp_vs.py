@@ -14,7 +14,8 @@ Pipeline (:func:`anp_vs`):
 4. evaluate deterministically (eval mode: ``z = E[pi]``, 0 where ``E[pi] <= 1e-3``);
 5. :func:`export_pruned`: physically remove the pruned channels (E[pi] <= threshold), fold the
    surviving channels' E[pi] scale into the weights, and verify that the small model computes
-   exactly what the masked eval model computes.
+   exactly what the masked eval model computes (the channel surgery is
+   :mod:`robustcompress.nn.channels`).
 
 Deviations from the original are listed where they happen: mask placement
 (:func:`~robustcompress.nn.beta_bernoulli.add_bb_masks`), the reuse of forwards in V
@@ -31,7 +32,13 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from robustcompress.defenses.base import DefenseContext, DefenseParams, DefenseSpec, register_defense
+from robustcompress.defenses.base import (
+    DefenseContext,
+    DefenseParams,
+    DefenseSpec,
+    record_defense,
+    register_defense,
+)
 from robustcompress.errors import UserInputError
 from robustcompress.nn import surgery
 from robustcompress.nn.beta_bernoulli import (
@@ -40,16 +47,14 @@ from robustcompress.nn.beta_bernoulli import (
     add_bb_masks,
     bb_masks,
 )
-from robustcompress.training.config import LrSteps
-
-#: Modules a pruned channel may pass through between its producer and the next weight layer:
-#: they act on each channel separately (BatchNorm is sliced with the channels).
-CHANNELWISE = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
+from robustcompress.nn.channels import (
+    apply_plan,
+    find_chains,
+    pruned_structure,
+    removable_channels,
+    verified_plan,
 )
-
+from robustcompress.training.config import LrSteps
 
 #: Fractions of training at which the original LeNet recipe multiplies both learning rates by 0.1.
 LENET_LR_STEPS = (0.5, 0.7)
@@ -88,199 +93,6 @@ def fold_masks(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         surgery.replace_module(out, name, layer)
         masks[name] = m.cpu()
     return out, masks
-
-
-# ============================================================================ chain discovery
-@dataclass
-class Chain:
-    """A producer layer, the channel-wise modules after it, and the one weight layer consuming it."""
-
-    producer: str
-    members: list[str]
-    consumer: Optional[str]
-    per_channel: int = 1  # inputs of a linear consumer per producer channel (flattened space)
-    reason: str = ""  # why the chain is unsafe ("" if safe)
-    out_shape: tuple[int, ...] = ()
-
-
-def _leaf_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
-    calls = []
-    handles = []
-    for name, m in model.named_modules():
-        if name and not list(m.children()):
-            def hook(mod, inp, out, _n=name):
-                if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                    calls.append((_n, mod, inp[0], out))
-            handles.append(m.register_forward_hook(hook))
-    was = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in was:
-            m.training = t
-    return calls
-
-
-def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
-
-
-def find_chains(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, Chain]:
-    """For each producer ``names[i]`` (a conv/linear), follow its output through channel-wise
-    modules to the next conv/linear, by matching tensors between consecutive module calls of one
-    eval forward on ``example``. A chain is unsafe (``reason`` set) if the output goes through a
-    module that mixes channels, a functional op the hooks cannot see (residual additions,
-    concatenations), or feeds several modules."""
-    calls = _leaf_calls(model, example)
-    index = {n: i for i, (n, *_rest) in enumerate(calls)}
-    chains = {}
-    for name in names:
-        if name not in index:
-            chains[name] = Chain(name, [], None, reason="layer not executed in forward")
-            continue
-        i = index[name]
-        cur = calls[i][3]
-        out_shape = tuple(cur.shape[1:])
-        members: list[str] = []
-        chain = None
-        for j in range(i + 1, len(calls)):
-            n, mod, inp, out = calls[j]
-            if not _same_storage(inp, cur):
-                continue
-            users = [c for c in calls[j + 1:] if _same_storage(c[2], cur) and c[0] != n]
-            if users and not isinstance(mod, (nn.Flatten, nn.Identity)):
-                chain = Chain(name, members, None, reason=f"the input of {n} also feeds {users[0][0]}")
-                break
-            if isinstance(mod, MASKABLE):
-                if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups != 1:
-                    chain = Chain(name, members, n, reason=f"consumer {n} is a grouped conv")
-                elif isinstance(mod, nn.Linear):
-                    c = out_shape[0]
-                    if mod.in_features % c:
-                        chain = Chain(name, members, n, reason=f"{n} inputs are not channel blocks")
-                    else:
-                        chain = Chain(name, members, n, mod.in_features // c)
-                else:
-                    chain = Chain(name, members, n)
-                break
-            if not isinstance(mod, CHANNELWISE):
-                chain = Chain(name, members, None, reason=f"{n} ({type(mod).__name__}) mixes channels")
-                break
-            members.append(n)
-            cur = out
-        if chain is None:
-            chain = Chain(name, members, None, reason="output leaves through a functional op "
-                                                      "(e.g. a residual addition)")
-        chain.out_shape = out_shape
-        chains[name] = chain
-    return chains
-
-
-# ============================================================================ surgery
-@torch.no_grad()
-def _pruned_constants(model: nn.Module, chain: Chain) -> torch.Tensor:
-    """What a channel that is identically 0 at the producer becomes at the consumer's input
-    (e.g. ReLU(BN(0)) = ReLU(beta - mean gamma / sigma)): ``[1, C, ...]`` (or ``[1, C * S]``)."""
-    z = torch.zeros((1,) + chain.out_shape, dtype=model.get_submodule(chain.producer).weight.dtype,
-                    device=model.get_submodule(chain.producer).weight.device)
-    for n in chain.members:
-        m = model.get_submodule(n)
-        was = m.training
-        m.eval()
-        z = m(z)
-        m.train(was)
-    return z
-
-
-def _removable(model: nn.Module, chain: Chain, pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(channels that can be removed exactly, their constants at the consumer input)."""
-    k = _pruned_constants(model, chain)
-    cons = model.get_submodule(chain.consumer)
-    c = chain.out_shape[0]
-    if isinstance(cons, nn.Linear):
-        return pruned.clone(), k.reshape(c, -1)
-    kc = k.reshape(c, -1)
-    const = (kc.amax(1) == kc.amin(1))
-    zero_pad = any(p != 0 for p in _as_tuple(cons.padding)) and cons.padding_mode == "zeros"
-    ok = const & ((kc[:, 0] == 0) | (not zero_pad))
-    return pruned & ok, kc
-
-
-def _as_tuple(p) -> tuple:
-    return tuple(p) if isinstance(p, (tuple, list)) else (p,)
-
-
-@torch.no_grad()
-def _slice_out(layer: nn.Module, keep: torch.Tensor) -> None:
-    layer.weight = nn.Parameter(layer.weight[keep].clone())
-    if layer.bias is not None:
-        layer.bias = nn.Parameter(layer.bias[keep].clone())
-    if isinstance(layer, nn.Linear):
-        layer.out_features = int(keep.numel())
-    else:
-        layer.out_channels = int(keep.numel())
-
-
-@torch.no_grad()
-def _slice_bn(bn: nn.Module, keep: torch.Tensor) -> None:
-    if bn.weight is not None:
-        bn.weight = nn.Parameter(bn.weight[keep].clone())
-        bn.bias = nn.Parameter(bn.bias[keep].clone())
-    if bn.running_mean is not None:
-        bn.running_mean = bn.running_mean[keep].clone()
-        bn.running_var = bn.running_var[keep].clone()
-    bn.num_features = int(keep.numel())
-
-
-@torch.no_grad()
-def _slice_in(layer: nn.Module, keep: torch.Tensor, c: int, per_channel: int) -> None:
-    w = layer.weight
-    if isinstance(layer, nn.Linear):
-        w = w.reshape(w.shape[0], c, per_channel)[:, keep].reshape(w.shape[0], -1)
-        layer.in_features = int(w.shape[1])
-    else:
-        w = w[:, keep]
-        layer.in_channels = int(keep.numel())
-    layer.weight = nn.Parameter(w.clone())
-
-
-@torch.no_grad()
-def _fold_constants(layer: nn.Module, remove: torch.Tensor, k: torch.Tensor, c: int,
-                    per_channel: int) -> None:
-    """Add the contribution of the removed (constant) input channels to ``layer``'s bias."""
-    idx = remove.nonzero().flatten()
-    if idx.numel() == 0 or not bool((k[idx] != 0).any()):
-        return
-    w = layer.weight
-    if isinstance(layer, nn.Linear):
-        wc = w.reshape(w.shape[0], c, per_channel)[:, idx]  # [O, r, S]
-        delta = torch.einsum("ors,rs->o", wc, k[idx])
-    else:
-        delta = (w[:, idx].flatten(2).sum(2) * k[idx, 0]).sum(1)
-    if layer.bias is None:
-        layer.bias = nn.Parameter(delta.clone())
-    else:
-        layer.bias = nn.Parameter(layer.bias + delta)
-
-
-def _apply_keep(model: nn.Module, chain: Chain, keep: torch.Tensor,
-                constants: Optional[torch.Tensor] = None) -> None:
-    """Remove the producer's channels not in ``keep`` (bool [C]) along the chain."""
-    c = chain.out_shape[0]
-    cons = model.get_submodule(chain.consumer)
-    if constants is not None:
-        _fold_constants(cons, ~keep, constants, c, chain.per_channel)
-    keep = keep.nonzero().flatten()  # indices from here on
-    _slice_in(cons, keep, c, chain.per_channel)
-    for n in chain.members:
-        m = model.get_submodule(n)
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            _slice_bn(m, keep)
-    _slice_out(model.get_submodule(chain.producer), keep)
 
 
 def _layer_summary(model: nn.Module, example: torch.Tensor) -> dict:
@@ -346,19 +158,19 @@ def export_pruned(model: nn.Module, example: torch.Tensor, *, atol: float = 1e-4
         if ch.reason or ch.consumer is None:
             zeroed[name] = ch.reason or "no consumer layer found"
             continue
-        remove, k = _removable(folded, ch, pruned)
+        remove, k = removable_channels(folded, ch, pruned)
         if int(remove.sum()) < int(pruned.sum()):
             zeroed[name] = (f"{int(pruned.sum() - remove.sum())} pruned channel(s) kept zeroed: their "
                             "constant output enters a zero-padded conv")
         if bool(remove.any()):
             plan[name] = (~remove, k)
-    accepted, diff = _verified_plan(folded, chains, plan, ref, example, atol)
+    accepted, diff = verified_plan(folded, chains, plan, ref, example, atol)
     for n in plan:
         if n not in accepted:
             zeroed[n] = ("structural removal did not reproduce the masked model (a coupling the "
                          "tracer cannot see); channels zeroed instead")
     plan = {n: plan[n] for n in accepted}
-    exported = _build(folded, chains, plan)
+    exported = apply_plan(folded, chains, plan)
     kept = {n: (plan[n][0].nonzero().flatten().tolist() if n in plan
                 else list(range(m.numel()))) for n, m in masks.items()}
     channels = {n: (int((m > 0).sum()), int(m.numel())) for n, m in masks.items()}
@@ -366,55 +178,10 @@ def export_pruned(model: nn.Module, example: torch.Tensor, *, atol: float = 1e-4
                         _layer_summary(exported, example), diff)
 
 
-def _build(folded: nn.Module, chains: dict[str, Chain], plan: dict) -> nn.Module:
-    out = copy.deepcopy(folded)
-    for name, (keep, k) in plan.items():
-        _apply_keep(out, chains[name], keep.to(k.device), k)
-    return out
-
-
-def _max_diff(model: nn.Module, ref: nn.Module, example: torch.Tensor) -> float:
-    try:
-        return float((model(example) - ref(example)).abs().max())
-    except RuntimeError:  # shapes no longer fit (e.g. an invisible residual coupling)
-        return float("inf")
-
-
-def _verified_plan(folded, chains, plan, ref, example, atol) -> tuple[list[str], float]:
-    """The layers whose removal keeps the output within ``atol`` of the masked model: all of them
-    if that verifies, else the largest prefix-greedy subset that does (one forward per layer)."""
-    diff = _max_diff(_build(folded, chains, plan), ref, example)
-    if diff <= atol:
-        return list(plan), diff
-    accepted: list[str] = []
-    diff = _max_diff(folded, ref, example)
-    for name in plan:
-        trial = {n: plan[n] for n in accepted + [name]}
-        d = _max_diff(_build(folded, chains, trial), ref, example)
-        if d <= atol:
-            accepted.append(name)
-            diff = d
-    return accepted, diff
-
-
 def _strip_masks(model: nn.Module) -> nn.Module:
     """Replace every ``Sequential(layer, mask)`` by the layer (the dense base architecture)."""
     for name, (layer, _) in masked_layers(model).items():
         surgery.replace_module(model, name, layer)
-    return model
-
-
-def pruned_structure(model: nn.Module, kept_channels: dict[str, int], example: torch.Tensor) -> nn.Module:
-    """The exported architecture (weights undefined) from a base model and ``{layer: kept count}``:
-    used to rebuild an exported checkpoint before loading its state dict."""
-    chains = find_chains(model, list(kept_channels), example)
-    for name, n in kept_channels.items():
-        c = chains[name]
-        total = c.out_shape[0] if c.out_shape else 0
-        if n < total:
-            keep = torch.zeros(total, dtype=torch.bool)
-            keep[:n] = True
-            _apply_keep(model, c, keep)
     return model
 
 
@@ -458,7 +225,7 @@ def anp_vs(
     wherever we do).
     """
     from robustcompress.attacks import ThreatModel
-    from robustcompress.training import TrainConfig, fit
+    from robustcompress.training import fit
     from robustcompress.training.objectives import ANPVS
 
     threat = ThreatModel.from_spec(norm, eps, dataset.info)
@@ -493,10 +260,6 @@ def probe_inputs(info, n: int = 8, seed: int = 0) -> torch.Tensor:
 
 
 # ============================================================================ defense spec
-def _record(model: nn.Module, entry: dict) -> None:
-    model.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", [])) + [entry]
-
-
 @register_defense
 class ANPVSDefense(DefenseSpec):
     """ANP-VS as a pipeline step: masks + VS training, then (by default) structural export."""
@@ -548,16 +311,13 @@ class ANPVSDefense(DefenseSpec):
                      weight_lr=params.weight_lr, where=params.where, fit_fn=fit_fn, config=cfg,
                      generator=gen,
                      progress=ctx.progress)
-        base_rec = list(getattr(model, "robustcompress_defenses", []))
         p = params.model_dump()
         if not params.export:
-            net.robustcompress_defenses = base_rec + [{"name": self.name, "params": p}]
-            return {"": net}
+            return {"": record_defense(net, self.name, p, base=model)}
         example = probe_inputs(ctx.dataset.info).to(next(net.parameters()).device)
         res = export_pruned(net, example)
         p["kept_channels"] = {n: len(k) for n, k in res.kept.items()}
-        out = res.model
-        out.robustcompress_defenses = base_rec + [{"name": self.name, "params": p}]
+        out = record_defense(res.model, self.name, p, base=model)
         out.robustcompress_export = res.to_dict()
         if hasattr(model, "robustcompress_spec"):
             out.robustcompress_spec = model.robustcompress_spec
