@@ -20,8 +20,9 @@ The returned models declare their own randomness / non-differentiability through
 Every defended model carries its *defense record* (:func:`record_defense`,
 :func:`defense_records`): ``[{"name", "params"}]`` in the order applied, which a checkpoint stores
 and :func:`rebuild_defenses` replays through each :meth:`DefenseSpec.structure`. This module owns
-it and registers it with the checkpoint code (:func:`~robustcompress.training.checkpoint.register_checkpoint_part`),
-so ``training`` never imports ``defenses``.
+it and registers it with the checkpoint code
+(:func:`~robustcompress.training.checkpoint.register_checkpoint_part`), so ``training`` never
+imports ``defenses``.
 """
 
 from __future__ import annotations

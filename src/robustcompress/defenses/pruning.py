@@ -33,7 +33,12 @@ from pydantic import Field
 from torch import nn
 
 from robustcompress.data.info import Dataset
-from robustcompress.defenses.base import DefenseParams, DefenseSpec, record_defense, register_defense
+from robustcompress.defenses.base import (
+    DefenseParams,
+    DefenseSpec,
+    record_defense,
+    register_defense,
+)
 from robustcompress.errors import UserInputError
 from robustcompress.nn import surgery
 from robustcompress.nn.masks import magnitude_prune, mask_structure

@@ -80,7 +80,8 @@ def weight_noise(model: nn.Module, kind: str, value: float,
     (``"sap"``, ``value=frac``) on every Conv/Linear weight of a deep copy (one draw per forward)."""
     out = _parametrize(copy.deepcopy(model), lambda _: WeightNoise(kind, value), layers)
     key = "frac" if kind == "sap" else "s"
-    return record_defense(out, _WEIGHT_NAMES[kind], {key: float(value), "layers": _layers_param(layers)})
+    return record_defense(out, _WEIGHT_NAMES[kind],
+                          {key: float(value), "layers": _layers_param(layers)})
 
 
 def deterministic_weight_pruning(model: nn.Module, keep: float,

@@ -33,7 +33,7 @@ CHANNELWISE = (
 # ============================================================================ chain discovery
 @dataclass
 class Chain:
-    """A producer layer, the channel-wise modules after it, and the one weight layer consuming it."""
+    """A producer layer, the channel-wise modules after it and the one weight layer consuming it."""
 
     producer: str
     members: list[str]
@@ -43,7 +43,8 @@ class Chain:
     out_shape: tuple[int, ...] = ()
 
 
-def leaf_calls(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+def leaf_calls(model: nn.Module,
+               example: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
     """``(name, module, input, output)`` of every leaf module call of one eval forward on
     ``example``, in call order (the model's train/eval flags are restored)."""
     calls = []
@@ -95,7 +96,8 @@ def find_chains(model: nn.Module, names: list[str], example: torch.Tensor) -> di
                 continue
             users = [c for c in calls[j + 1:] if _same_storage(c[2], cur) and c[0] != n]
             if users and not isinstance(mod, (nn.Flatten, nn.Identity)):
-                chain = Chain(name, members, None, reason=f"the input of {n} also feeds {users[0][0]}")
+                chain = Chain(name, members, None,
+                              reason=f"the input of {n} also feeds {users[0][0]}")
                 break
             if isinstance(mod, LAYER_TYPES):
                 if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups != 1:
@@ -110,7 +112,8 @@ def find_chains(model: nn.Module, names: list[str], example: torch.Tensor) -> di
                     chain = Chain(name, members, n)
                 break
             if not isinstance(mod, CHANNELWISE):
-                chain = Chain(name, members, None, reason=f"{n} ({type(mod).__name__}) mixes channels")
+                chain = Chain(name, members, None,
+                              reason=f"{n} ({type(mod).__name__}) mixes channels")
                 break
             members.append(n)
             cur = out
@@ -138,7 +141,8 @@ def pruned_constants(model: nn.Module, chain: Chain) -> torch.Tensor:
     return z
 
 
-def removable_channels(model: nn.Module, chain: Chain, pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def removable_channels(model: nn.Module, chain: Chain,
+                       pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(channels of ``pruned`` that can be removed exactly, their constants at the consumer
     input): a constant entering a zero-padded conv is not removable (padding would differ)."""
     k = pruned_constants(model, chain)
@@ -261,7 +265,8 @@ def verified_plan(folded: nn.Module, chains: dict[str, Chain], plan: dict, ref: 
     return accepted, diff
 
 
-def pruned_structure(model: nn.Module, kept_channels: dict[str, int], example: torch.Tensor) -> nn.Module:
+def pruned_structure(model: nn.Module, kept_channels: dict[str, int],
+                     example: torch.Tensor) -> nn.Module:
     """The exported architecture (weights undefined) from a base model and ``{layer: kept count}``:
     used to rebuild an exported checkpoint before loading its state dict."""
     chains = find_chains(model, list(kept_channels), example)

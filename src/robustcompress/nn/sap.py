@@ -302,7 +302,8 @@ def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Ge
         else:
             total = a.sum(1, keepdim=True)
             p = a / torch.where(total > 0, total, torch.ones_like(total))
-            drawn = random_draw("rand", a.shape, generator, a.device, dtype=work) < keep_probability(p, r)
+            u = random_draw("rand", a.shape, generator, a.device, dtype=work)
+            drawn = u < keep_probability(p, r)
         keep = keep_probability(p, r)
         drawn &= keep > 0
         mask = torch.where(drawn, keep.reciprocal_(), 0.0)

@@ -43,7 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcompress.errors import UserInputError
-from robustcompress.nn.counted import batched_conv, batched_linear, CONV_FNS, ConvOp, LinearOp, pad_arg
+from robustcompress.nn.counted import (
+    CONV_FNS,
+    ConvOp,
+    LinearOp,
+    batched_conv,
+    batched_linear,
+    pad_arg,
+)
 from robustcompress.nn.sketch import check_sketch_args, sample_core_masks, sketch_tucker
 from robustcompress.nn.xnor import input_norm, xnor_conv, xnor_linear
 
