@@ -51,7 +51,7 @@ from robustcompress.attacks.validation import check_batch_and_dtype, check_logit
 from robustcompress.attacks.verdicts import judge, prediction, reached_goal
 from robustcompress.errors import UserInputError
 from robustcompress.nn.protocol import model_properties, straight_through
-from robustcompress.nn.ste import _check as _check_surrogate
+from robustcompress.nn.ste import check_surrogate as _check_surrogate
 
 #: Gradient draws per step for stochastic models (AutoAttack ``version='rand'``: ``eot_iter=20``).
 DEFAULT_EOT = 20

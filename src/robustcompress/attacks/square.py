@@ -145,7 +145,7 @@ def square_linf_perturb(
     B, C = x_view.shape[:2]
     spatial = tuple(x_view.shape[2:])
     n_features = x_view[0].numel()
-    dev, dt = x0.device, x0.dtype
+    dev = x0.device
     if seeds is None:
         seeds = torch.arange(B, device=dev, dtype=torch.int64)
     seeds = seeds.to(device=dev, dtype=torch.int64)

@@ -24,12 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from robustcompress.errors import ThreatModelError
+
+if TYPE_CHECKING:  # annotations only: seeds imports nothing from here, but keep it lazy
+    from robustcompress.attacks.seeds import SampleNoise
 
 NORMS = ("linf", "l2")
 #: Inputs may exceed the box by this much (float round-off of loaders and of ``x + delta``).

@@ -308,15 +308,12 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
         ln = _line_of(root, loc) if root is not None else None
         return f"{source}" + (f" (line {ln})" if ln else "")
 
-    try:
-        from robustcompress.data import list_datasets
+    from robustcompress.data import list_datasets
 
-        ds = list_datasets()
-        if cfg.dataset.name not in ds:
-            problems.append(f"{where(('dataset', 'name'))}: dataset.name: unknown dataset "
-                            f"{cfg.dataset.name!r}; choose one of {', '.join(sorted(ds))}")
-    except ImportError:  # pragma: no cover - data package always present
-        pass
+    ds = list_datasets()
+    if cfg.dataset.name not in ds:
+        problems.append(f"{where(('dataset', 'name'))}: dataset.name: unknown dataset "
+                        f"{cfg.dataset.name!r}; choose one of {', '.join(sorted(ds))}")
     from robustcompress.models import list_models
 
     models = list_models()
@@ -344,46 +341,41 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
                     problems.append(f"{where(('defenses', i, 'params', key))}: defenses[{i}].params.{key}: "
                                     f"{msg} (parameters of {d.method!r}: {fields})")
                 break
-    try:
-        from robustcompress.attacks import list_attacks
+    from robustcompress.attacks import list_attacks
 
-        attacks = list_attacks()
-        names = {"base"} | {d.name for d in cfg.defenses}
-        labels = threat_eps_labels(cfg)
-        for key, values in (("adaptive_eps", cfg.evaluation.adaptive_eps or []),
-                            ("main_eps", [] if cfg.report.main_eps is None else [cfg.report.main_eps])):
-            section = "report" if key == "main_eps" else "evaluation"
-            for e in values:
-                if not any(eps_matches(e, lab) for lab in labels):
-                    problems.append(f"{where((section, key))}: {section}.{key}: {e!r} is not one of the "
-                                    f"threats' eps ({', '.join(labels) or 'none'}); write one of those "
-                                    "(e.g. '8/255' for 8 on a 0-255 scale)")
-        src = cfg.evaluation.transfer_from
-        if src is not None and src.split("[")[0] not in names:
-            problems.append(f"{where(('evaluation', 'transfer_from'))}: evaluation.transfer_from: {src!r} is "
-                            f"not 'base' or a defense name ({', '.join(sorted(names))}); use null for no "
-                            "transfer attacks")
-        for i, a in enumerate(cfg.evaluation.paper):
-            sur = a.attack_params().get("surrogate")
-            if sur is not None and (not isinstance(sur, str) or sur.split("[")[0] not in names):
-                problems.append(f"{where(('evaluation', 'paper', i, 'surrogate'))}: evaluation.paper[{i}].surrogate: "
-                                f"{sur!r} is not 'base' or a defense name ({', '.join(sorted(names))}); "
-                                "add e.g. {name: other, method: independent} for a separately trained model")
-            if a.attack == "transfer" and sur is None and cfg.evaluation.transfer_from is None:
-                problems.append(f"{where(('evaluation', 'paper', i))}: evaluation.paper[{i}]: the transfer "
-                                "attack needs a surrogate; set `surrogate: VARIANT` on it or "
-                                "evaluation.transfer_from")
-            if a.attack not in attacks:
-                problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
-                                f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")
-    except ImportError:  # pragma: no cover
-        pass
+    attacks = list_attacks()
+    names = {"base"} | {d.name for d in cfg.defenses}
+    labels = threat_eps_labels(cfg)
+    for key, values in (("adaptive_eps", cfg.evaluation.adaptive_eps or []),
+                        ("main_eps", [] if cfg.report.main_eps is None else [cfg.report.main_eps])):
+        section = "report" if key == "main_eps" else "evaluation"
+        for e in values:
+            if not any(eps_matches(e, lab) for lab in labels):
+                problems.append(f"{where((section, key))}: {section}.{key}: {e!r} is not one of the "
+                                f"threats' eps ({', '.join(labels) or 'none'}); write one of those "
+                                "(e.g. '8/255' for 8 on a 0-255 scale)")
+    src = cfg.evaluation.transfer_from
+    if src is not None and src.split("[")[0] not in names:
+        problems.append(f"{where(('evaluation', 'transfer_from'))}: evaluation.transfer_from: {src!r} is "
+                        f"not 'base' or a defense name ({', '.join(sorted(names))}); use null for no "
+                        "transfer attacks")
+    for i, a in enumerate(cfg.evaluation.paper):
+        sur = a.attack_params().get("surrogate")
+        if sur is not None and (not isinstance(sur, str) or sur.split("[")[0] not in names):
+            problems.append(f"{where(('evaluation', 'paper', i, 'surrogate'))}: evaluation.paper[{i}].surrogate: "
+                            f"{sur!r} is not 'base' or a defense name ({', '.join(sorted(names))}); "
+                            "add e.g. {name: other, method: independent} for a separately trained model")
+        if a.attack == "transfer" and sur is None and cfg.evaluation.transfer_from is None:
+            problems.append(f"{where(('evaluation', 'paper', i))}: evaluation.paper[{i}]: the transfer "
+                            "attack needs a surrogate; set `surrogate: VARIANT` on it or "
+                            "evaluation.transfer_from")
+        if a.attack not in attacks:
+            problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
+                            f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")
     try:
         from robustcompress.training import TrainConfig
 
         TrainConfig(**cfg.training)
-    except ImportError:  # pragma: no cover
-        pass
     except ValidationError as e:
         for err in e.errors():
             key = ".".join(str(x) for x in err["loc"])

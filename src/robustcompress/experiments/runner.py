@@ -252,7 +252,7 @@ class Runner:
 
     def apply_defense(self, step: VariantPlan, parent: Variant, index_path: Path) -> list[Variant]:
         """Run one defense step and save every model it returns (atomically, then the index)."""
-        from robustcompress.defenses import DefenseContext, get_defense
+        from robustcompress.defenses import DefenseContext, defense_records, get_defense
         from robustcompress.training import TrainConfig, fit, save_checkpoint
 
         spec = get_defense(step.method)
@@ -278,7 +278,7 @@ class Runner:
         for suffix, model in outputs.items():
             label = step.name if not suffix else f"{step.name}/{suffix}"
             key = stable_hash([step.key, suffix])
-            recipe = list(getattr(model, "robustcompress_defenses", []))
+            recipe = defense_records(model)
             path = self._ckpt(key, label)
             if self.rank == 0:
                 save_checkpoint(model, path, {"variant": label, "defense": step.method,

@@ -37,10 +37,6 @@ def check_surrogate(surrogate: str) -> None:
         )
 
 
-#: Old private name, still imported by ``attacks/adaptive.py``; remove once it imports
-#: :func:`check_surrogate`.
-_check = check_surrogate
-
 
 def surrogate_gradient(
     value: torch.Tensor,

@@ -62,14 +62,13 @@ def accuracies(model, x, y, attack) -> tuple[float, float]:
 
 def _record(small, model, o: AnpOptions, lr_steps, res) -> None:
     """The ANP-VS entry of the exported model's defense record."""
-    from robustcompress.defenses import get_defense
+    from robustcompress.defenses import get_defense, record_defense
 
     params = get_defense("anp_vs").Params(
         eps=o.eps, beta=o.beta, lam=o.lam, steps=o.steps, step_size=o.step_size, mask_lr=o.mask_lr,
         epochs=o.epochs, lr_steps=list(lr_steps), kept_channels={n: len(k) for n, k in res.kept.items()})
     small.robustcompress_spec = model.robustcompress_spec
-    small.robustcompress_defenses = list(getattr(model, "robustcompress_defenses", []) or []) + [
-        {"name": "anp_vs", "params": params.model_dump(mode="json")}]
+    record_defense(small, "anp_vs", params.model_dump(mode="json"), base=model)
 
 
 def anp_vs_evaluation(checkpoint: str, out: str, *, options: AnpOptions, eval_steps: int = 40,
@@ -128,6 +127,7 @@ def adversarial_finetune(checkpoint: str, out: str, *, params, lr: float = 1e-3,
     import torch
 
     from robustcompress.attacks import ThreatModel
+    from robustcompress.defenses import record_defense
     from robustcompress.defenses.adversarial_training import adversarial_training
     from robustcompress.experiments.protocols.loading import eval_points, load_checkpoint_data
     from robustcompress.training import TrainConfig, recipe_overrides, save_checkpoint
@@ -145,8 +145,7 @@ def adversarial_finetune(checkpoint: str, out: str, *, params, lr: float = 1e-3,
         generator=torch.Generator().manual_seed(seed), progress=progress, steps=p.steps,
         step_size=p.step_size, mix=p.mix, random_steps=p.random_steps, random_eps=p.random_eps)
     after = accuracies(net, x, y, ev)
-    net.robustcompress_defenses = list(getattr(ld.model, "robustcompress_defenses", []) or []) + [
-        {"name": "adversarial_training", "params": p.model_dump(mode="json")}]
+    record_defense(net, "adversarial_training", p.model_dump(mode="json"), base=ld.model)
     stem = save_checkpoint(net, Path(out) / "model", {
         "metrics": {"clean": after[0], "pgd": after[1], "before": {"clean": before[0], "pgd": before[1]}},
         "dataset": ld.data.info.to_dict()})

@@ -69,6 +69,7 @@ def tensorize_checkpoint(checkpoint: str, out: str, *, options: TensorizeOptions
     stochastic result is the mean prediction over ``mc`` draws on ``limit`` test points."""
     import torch
 
+    from robustcompress.defenses.base import defense_records, replace_last_params
     from robustcompress.defenses.tensorization import tensorize, train_tensorized
     from robustcompress.experiments.protocols.loading import load_checkpoint_data
     from robustcompress.training import TrainConfig, evaluate_accuracy, save_checkpoint
@@ -88,9 +89,10 @@ def tensorize_checkpoint(checkpoint: str, out: str, *, options: TensorizeOptions
                                  device=dev, progress=progress, **tkw)
     else:
         model = tensorize(base, theta=o.theta, **tkw)
-    model.robustcompress_defenses[-1]["params"].update(
-        finetune_epochs=o.finetune_epochs, adversarial=o.adversarial_eps is not None,
-        adversarial_eps=o.adversarial_eps)
+    replace_last_params(model, {**defense_records(model)[-1]["params"],
+                                "finetune_epochs": o.finetune_epochs,
+                                "adversarial": o.adversarial_eps is not None,
+                                "adversarial_eps": o.adversarial_eps})
     gen = torch.Generator(device=dev).manual_seed(seed)
     res = TensorizeResult(_figures(base, data.info), _figures(model, data.info))
     res.before["acc"] = evaluate_accuracy(base, data.test, device=dev)
