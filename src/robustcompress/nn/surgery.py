@@ -27,83 +27,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from robustcompress.errors import UserInputError
-
-#: activation module types and the kind (PyTorch op name) they apply
-ACTIVATION_MODULES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu",
-    nn.SELU: "selu", nn.CELU: "celu", nn.GELU: "gelu", nn.SiLU: "silu", nn.Mish: "mish",
-    nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Hardtanh: "hardtanh",
-    nn.PReLU: "prelu", nn.Softplus: "softplus", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-}
-#: functional activations (torch.* and F.*) and their kind
-ACTIVATION_FUNCTIONS: dict[Callable, str] = {
-    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu",
-    F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu",
-    torch.selu: "selu", F.celu: "celu", F.gelu: "gelu", F.silu: "silu", F.mish: "mish",
-    F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.hardtanh: "hardtanh",
-    F.prelu: "prelu", torch.prelu: "prelu", F.softplus: "softplus", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
-}
-#: tensor methods that apply an activation
-ACTIVATION_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid",
-                                      "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh"}
-#: named groups of kinds a defense can select (``"relu"``: the paper's ReLU maps, incl. ReLU6)
-KIND_GROUPS = {"relu": frozenset({"relu", "relu6"}),
-               "activations": frozenset(ACTIVATION_MODULES.values())}
-LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
-Selector = Union[str, Sequence[str]]
-
-
-class SiteError(UserInputError):
-    """A defense cannot cover some sites of a model; the message names them and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Site:
-    """One activation application (or one call of a named module).
-
-    ``name``: ``module`` for the only call of a module, ``module#k`` (1-based) for the k-th call
-    of a module used several times, ``scope:F.relu`` (``#k`` when repeated) for a function or
-    method call inside module ``scope`` (``<root>`` for the model's own forward).
-    ``how``: ``"module"``, ``"function"`` or ``"method"``; ``module``: the called module (module
-    calls) or the enclosing one; ``calls``: how often that module is called in one forward.
-    """
-
-    name: str
-    kind: str
-    how: str
-    module: str
-    calls: int = 1
-    node: Optional[str] = None
-
-    @property
-    def rewritable_in_tree(self) -> bool:
-        return self.how == "module" and self.calls == 1
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteReport:
-    """All activation sites of a model, how they were found, and why tracing failed (if it did)."""
-
-    sites: tuple[Site, ...]
-    traced: bool
-    trace_error: str = ""
-
-    def select(self, selector: Selector) -> list[Site]:
-        """Sites named by ``selector``: a kind group (``"relu"``, ``"activations"``), a kind
-        (``"gelu"``), or a list of site names / module names / kinds (a module name selects every
-        call of that module, whatever its type)."""
-        return _select(self, selector)
+from robustcompress.nn.activation_probe import probe_sites, tap_activations  # noqa: F401  (re-exported)
+from robustcompress.nn.sites import (  # noqa: F401  (the surgery vocabulary, re-exported)
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ACTIVATION_MODULES,
+    KIND_GROUPS,
+    LAYER_TYPES,
+    Selector,
+    Site,
+    SiteError,
+    SiteReport,
+    number_sites,
+)
 
 
 class _Tracer(fx.Tracer):
@@ -163,118 +107,7 @@ def _graph_sites(gm: fx.GraphModule) -> list[Site]:
         else:
             continue
         raw[-1] = raw[-1] + (n.name,)
-    return _number(raw, calls)
-
-
-def _number(raw, calls: dict[str, int]) -> list[Site]:
-    """Name repeated bases ``base#1``, ``base#2``, ... in call order."""
-    total: dict[str, int] = {}
-    for r in raw:
-        total[r[0]] = total.get(r[0], 0) + 1
-    seen: dict[str, int] = {}
-    out = []
-    for base, kind, how, module, node in raw:
-        seen[base] = seen.get(base, 0) + 1
-        name = base if total[base] == 1 else f"{base}#{seen[base]}"
-        n_calls = calls.get(module, 1) if how == "module" else 1
-        out.append(Site(name, kind, how, module, n_calls, node))
-    return out
-
-
-class _ActivationProbe(TorchFunctionMode):
-    """Records every activation application of the forwards run inside it, with its output:
-    module calls through hooks, function/method calls made outside activation modules through
-    the torch-function mode. ``raw`` holds ``[base, kind, how, scope, output]`` in call order."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.stack: list[str] = []
-        self.calls: dict[str, int] = {}
-        self.raw: list[list] = []
-        self.inside_activation = 0
-        self._handles: list = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not self.inside_activation:
-            scope = self.stack[-1] if self.stack else "<root>"
-            if func in ACTIVATION_FUNCTIONS:
-                kind = ACTIVATION_FUNCTIONS[func]
-                self.raw.append([f"{scope}:F.{kind}", kind, "function", scope, out])
-            elif getattr(func, "__name__", "") in ACTIVATION_METHODS and "Tensor" in repr(func):
-                kind = ACTIVATION_METHODS[func.__name__]
-                self.raw.append([f"{scope}:.{func.__name__}()", kind, "method", scope, out])
-        return out
-
-    def _pre(self, name: str, mod: nn.Module):
-        def hook(_m, _inp):
-            self.stack.append(name or "<root>")
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if type(mod) in ACTIVATION_MODULES:
-                self.raw.append([name, ACTIVATION_MODULES[type(mod)], "module", name, None])
-                self.inside_activation += 1
-        return hook
-
-    def _post(self, mod: nn.Module):
-        def hook(_m, _inp, out):
-            self.stack.pop()
-            if type(mod) in ACTIVATION_MODULES:
-                self.inside_activation -= 1
-                for r in reversed(self.raw):  # the open entry of this module call
-                    if r[2] == "module" and r[4] is None:
-                        r[4] = out
-                        break
-        return hook
-
-    def __enter__(self):
-        for name, mod in self.model.named_modules():
-            self._handles.append(mod.register_forward_pre_hook(self._pre(name, mod)))
-            self._handles.append(mod.register_forward_hook(self._post(mod)))
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        return super().__exit__(*exc)
-
-    def sites(self) -> list[Site]:
-        return _number([tuple(r[:4]) + (None,) for r in self.raw], self.calls)
-
-    def records(self, selector: Selector = "relu") -> list[tuple[Site, torch.Tensor]]:
-        """(site, output) of the selected applications recorded so far (selector as in
-        :meth:`SiteReport.select`), in call order."""
-        sites = self.sites()
-        chosen = {s.name for s in SiteReport(tuple(sites), False).select(selector)}
-        return [(s, r[4]) for s, r in zip(sites, self.raw) if s.name in chosen]
-
-    def outputs(self, selector: Selector = "relu") -> list[torch.Tensor]:
-        return [out for _, out in self.records(selector)]
-
-
-def tap_activations(model: nn.Module) -> _ActivationProbe:
-    """Context manager recording each activation application's output in the block, for
-    penalties and statistics (L1 activation sparsity): works on any model, traced or not::
-
-        with tap_activations(model) as tap:
-            logits = model(x)
-        acts = tap.outputs("relu")
-    """
-    return _ActivationProbe(model)
-
-
-def _probe_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
-    """Activation sites of an untraceable model from one eval-mode forward on ``example``."""
-    was = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad(), tap_activations(model) as tap:
-            model(example)
-    finally:
-        for m, t in was:
-            m.training = t
-    return tap.sites()
+    return number_sites(raw, calls)
 
 
 def example_input(model: nn.Module, n: int = 2) -> Optional[torch.Tensor]:
@@ -303,45 +136,7 @@ def find_sites(model: nn.Module, example: Optional[torch.Tensor] = None) -> Site
             "and reused modules cannot be found without running it; pass example=<a batch of "
             "inputs> (configs do this), or make forward traceable (no Python control flow on "
             "tensor values)")
-    return SiteReport(tuple(_probe_sites(model, example)), False, reason)
-
-
-# ----------------------------------------------------------------------------- selection
-def _select(report: SiteReport, selector: Selector) -> list[Site]:
-    sites = list(report.sites)
-    if isinstance(selector, str):
-        kinds = KIND_GROUPS.get(selector, frozenset({selector}))
-        if selector not in KIND_GROUPS and selector not in KIND_GROUPS["activations"]:
-            raise UserInputError(
-                f"unknown site selector {selector!r}; use 'relu' (ReLU and ReLU6 applications), "
-                "'activations' (every activation), a kind such as 'gelu', or a list of site or "
-                "module names (`robustcompress defenses inspect` lists them)")
-        chosen = [s for s in sites if s.kind in kinds]
-        if not chosen:
-            found = sorted({s.kind for s in sites}) or ["none"]
-            raise SiteError(f"the model applies no {selector!r} activation (found: "
-                            f"{', '.join(found)}); choose layers='activations' or a kind listed")
-        return chosen
-    return _select_names(report, list(selector))
-
-
-def _select_names(report: SiteReport, names: list[str]) -> list[Site]:
-    by_name = {s.name: s for s in report.sites}
-    chosen: list[Site] = []
-    unknown = []
-    for name in names:
-        if name in by_name:
-            chosen.append(by_name[name])
-        elif any(s.module == name and s.how == "module" for s in report.sites):
-            chosen += [s for s in report.sites if s.module == name and s.how == "module"]
-        elif name in KIND_GROUPS["activations"]:
-            chosen += [s for s in report.sites if s.kind == name]
-        else:
-            unknown.append(name)
-    if unknown:
-        raise SiteError(f"no activation site or module named {unknown}; choose among "
-                        f"{[s.name for s in report.sites][:40]} or a module name")
-    return list(dict.fromkeys(chosen))
+    return SiteReport(tuple(probe_sites(model, example)), False, reason)
 
 
 def module_sites(model: nn.Module, names: Iterable[str]) -> SiteReport:
