@@ -201,21 +201,11 @@ def evaluate_robustness(
             run.say(f.line())
     run.timings["total"] = time.perf_counter() - start_total
     settings = {
-        "threat": threat.describe(),
-        "norm": threat.norm, "eps": threat.eps, "bounds": list(threat.bounds),
-        "targeted": threat.targeted,
-        "eot_samples": run.eot, "mc_samples": run.mc, "bpda": run.bpda, "seed": seed,
-        "clean_seed": clean_seed,
-        "battery": [{"label": lb, "attack": nm, "params": jsonable(
-            {k: v for k, v in pr.items() if k != "surrogate"})} for lb, nm, pr in battery],
-        "gradient_free_forced": forced, "undeclared_randomness": undeclared,
-        "n_restarts": n_restarts, "apgd_steps": apgd_steps, "square_queries": square_queries,
-        "batch_size": batch_size, "max_rows": max_rows,
+        **_run_settings(run, seed, clean_seed, battery), "gradient_free_forced": forced,
+        "undeclared_randomness": undeclared, "n_restarts": n_restarts, "apgd_steps": apgd_steps,
+        "square_queries": square_queries, "batch_size": batch_size, "max_rows": max_rows,
         "checks": {"enabled": checks, "samples": m, "steps": check_steps, "tol": tol},
-        "stochastic_modules": list(props.stochastic_modules),
-        "non_differentiable_modules": list(props.non_differentiable_modules),
         "surrogate_model": surrogate_model is not None,
-        "torch": torch.__version__,
     }
     return RobustnessReport(
         n=run.n, clean_accuracy=run.clean_acc,
@@ -226,6 +216,21 @@ def evaluate_robustness(
                     "fooled_any": state.fooled_any.cpu(), "broken_by": state.broken_by.cpu(),
                     "true_prob": true_prob.cpu()},
         settings=settings, timings=run.timings, x_adv=state.x_adv)
+
+
+def _run_settings(run: "_Run", seed: int, clean_seed: int, battery: list) -> dict:
+    """The settings of an evaluation that its run determines (threat, draws, seeds, battery)."""
+    t = run.threat
+    return {
+        "threat": t.describe(), "norm": t.norm, "eps": t.eps, "bounds": list(t.bounds),
+        "targeted": t.targeted, "eot_samples": run.eot, "mc_samples": run.mc, "bpda": run.bpda,
+        "seed": seed, "clean_seed": clean_seed,
+        "battery": [{"label": lb, "attack": nm, "params": jsonable(
+            {k: v for k, v in pr.items() if k != "surrogate"})} for lb, nm, pr in battery],
+        "stochastic_modules": list(run.props.stochastic_modules),
+        "non_differentiable_modules": list(run.props.non_differentiable_modules),
+        "torch": torch.__version__,
+    }
 
 
 def _check_call(model, x, y, threat, attacks, bpda) -> None:

@@ -218,6 +218,20 @@ def _doubled(threat: ThreatModel, x: torch.Tensor) -> ThreatModel:
     return threat.with_eps(min(2 * threat.eps, large_eps(threat, tuple(x.shape[1:]))))
 
 
+def _monotone_flag(attack, res_k, threat: ThreatModel, x: torch.Tensor, steps: int,
+                   tol: float) -> Flag:
+    """eps-monotonicity from the PGD run at eps (``res_k``): attack at eps/2 only the points it
+    left robust, at 2 eps only those it broke (the points that could violate monotonicity)."""
+    robust = (~res_k.success).nonzero().flatten()
+    broken = res_k.success.nonzero().flatten()
+    m = max(x.shape[0], 1)
+    half = (int(attack("pgd", threat.with_eps(threat.eps / 2), robust, steps=steps).success.sum())
+            if robust.numel() else 0)
+    double = (int((~attack("pgd", _doubled(threat, x), broken, steps=steps).success).sum())
+              if broken.numel() else 0)
+    return check_eps_monotone(res_k.robust_accuracy, half / m, double / m, threat.eps, tol)
+
+
 def masking_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -281,14 +295,7 @@ def masking_checks(
         flags.append(check_iterative_weaker(acc_fgsm, acc_k, tol))
         flags.append(check_more_steps(acc_k, acc_4k, steps, tol))
         if threat.eps > 0:
-            robust = (~res_k.success).nonzero().flatten()
-            broken = res_k.success.nonzero().flatten()
-            m = max(x.shape[0], 1)
-            half = (int(attack("pgd", threat.with_eps(threat.eps / 2), robust, steps=steps).success.sum())
-                    if robust.numel() else 0)
-            double = (int((~attack("pgd", _doubled(threat, x), broken, steps=steps).success).sum())
-                      if broken.numel() else 0)
-            flags.append(check_eps_monotone(acc_k, half / m, double / m, threat.eps, tol))
+            flags.append(_monotone_flag(attack, res_k, threat, x, steps, tol))
         if stochastic:
             acc_4n = run_attack("pgd", model, x, y, threat, generator=child_generator(generator, x.device),
                                 steps=steps, eot_samples=4 * eot, **common).robust_accuracy

@@ -300,8 +300,6 @@ def threat_eps_labels(cfg: "ExperimentConfig") -> list[str]:
 
 def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
     """Names that must exist in the registries (datasets, models, defenses, attacks, train keys)."""
-    from robustcompress.defenses import list_defenses
-
     problems = []
 
     def where(loc):
@@ -321,6 +319,27 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
     if cfg.model.factory is None and cfg.model.name not in models:
         problems.append(f"{where(('model', 'name'))}: model.name: unknown model {cfg.model.name!r}; "
                         f"choose one of {', '.join(models)}")
+    problems += _defense_problems(cfg, where)
+    problems += _evaluation_problems(cfg, where)
+    try:
+        from robustcompress.training import TrainConfig
+
+        TrainConfig(**cfg.training)
+    except ValidationError as e:
+        for err in e.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{where(('training', key))}: training.{key}: {msg}")
+    problems += check_config(cfg, where)  # attack parameters, eps, defense graph, grid size
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _defense_problems(cfg: ExperimentConfig, where) -> list[str]:
+    """Defense methods that exist and parameters each grid combination's schema accepts."""
+    from robustcompress.defenses import list_defenses
+
+    problems = []
     defenses = list_defenses()
     for i, d in enumerate(cfg.defenses):
         if d.method not in defenses:
@@ -341,6 +360,12 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
                     problems.append(f"{where(('defenses', i, 'params', key))}: defenses[{i}].params.{key}: "
                                     f"{msg} (parameters of {d.method!r}: {fields})")
                 break
+    return problems
+
+
+def _evaluation_problems(cfg: ExperimentConfig, where) -> list[str]:
+    """Evaluation names that must resolve: eps labels, transfer surrogates, attack names."""
+    problems = []
     from robustcompress.attacks import list_attacks
 
     attacks = list_attacks()
@@ -372,18 +397,7 @@ def _check_registries(cfg: ExperimentConfig, source: str, root) -> None:
         if a.attack not in attacks:
             problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
                             f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")
-    try:
-        from robustcompress.training import TrainConfig
-
-        TrainConfig(**cfg.training)
-    except ValidationError as e:
-        for err in e.errors():
-            key = ".".join(str(x) for x in err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{where(('training', key))}: training.{key}: {msg}")
-    problems += check_config(cfg, where)  # attack parameters, eps, defense graph, grid size
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------
