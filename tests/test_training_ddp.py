@@ -70,7 +70,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         if rank != 0:  # only rank 0 may write checkpoints
             def trap(*a, **k):
                 raise AssertionError("a rank other than 0 wrote a checkpoint")
-            fit_module._save_state = trap
+            fit_module.save_state = trap  # the name fit() calls (training.state.save_state)
         # different initialisations per rank: fit must start every rank from rank 0's weights
         res = fit(_model(data, 100 + rank), data, TrainConfig(**CFG), checkpoint_dir=f"{out}/A",
                   progress=False)

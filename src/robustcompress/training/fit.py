@@ -29,7 +29,6 @@ channels_last, torch.compile, pinned memory) are described in :mod:`robustcompre
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,19 +36,13 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from robustcompress.data.info import Dataset, Split
-from robustcompress.errors import ConfigError, DataError, UserInputError
+from robustcompress.errors import ConfigError, UserInputError
 from robustcompress.training import accel, ddp
-from robustcompress.training.checkpoint import (
-    atomic_save_json,
-    atomic_save_tensors,
-    save_checkpoint,
-    weights_mismatch,
-)
 from robustcompress.training.config import TrainConfig, lr_factor
+from robustcompress.training.state import epoch_seed, load_state, save_state  # noqa: F401
 from robustcompress.training.evaluate import check_finite_inputs, evaluate_accuracy
 from robustcompress.training.objectives import CrossEntropy
 
@@ -61,11 +54,6 @@ class FitResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the data order / global-RNG fork of 0-based ``epoch`` (pure; 63-bit)."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 12_345) % (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -99,99 +87,6 @@ def _make_optimizer(g: dict, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(g["params"], lr=g["lr"], weight_decay=g["weight_decay"])
     raise ConfigError(f"unknown optimizer {g['optimizer']!r}; use sgd or adam")
 
-
-def _optim_to_files(opts: dict[str, torch.optim.Optimizer]) -> tuple[dict, dict]:
-    tensors: dict[str, torch.Tensor] = {}
-    js: dict[str, Any] = {}
-    for gname, opt in opts.items():
-        sd = opt.state_dict()
-        scalars: dict[str, dict] = {}
-        for idx, st in sd["state"].items():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"optim/{gname}/{idx}/{k}"] = v
-                else:
-                    scalars.setdefault(str(idx), {})[k] = v
-        js[gname] = {"param_groups": sd["param_groups"], "scalars": scalars}
-    return tensors, js
-
-
-def _optim_from_files(opts: dict[str, torch.optim.Optimizer], tensors: dict, js: dict) -> None:
-    for gname, opt in opts.items():
-        state: dict[int, dict] = {}
-        for key, v in tensors.items():
-            parts = key.split("/")
-            if parts[0] == "optim" and parts[1] == gname:
-                state.setdefault(int(parts[2]), {})[parts[3]] = v
-        for idx, sc in js[gname]["scalars"].items():
-            state.setdefault(int(idx), {}).update(sc)
-        opt.load_state_dict({"state": state, "param_groups": js[gname]["param_groups"]})
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-#: Settings that change how a step runs, not the run: they may differ when resuming.
-EXECUTION_KEYS = ("epochs", "amp", "amp_dtype", "channels_last", "compile", "data_parallel")
-
-
-def _config_key(config: TrainConfig) -> dict:
-    d = config.model_dump()
-    for k in EXECUTION_KEYS:
-        d.pop(k, None)
-    return d
-
-
-def _save_state(ckdir: Path, epoch: int, model: nn.Module, opts, config: TrainConfig,
-                history: list, objective, info) -> None:
-    otensors, ojs = _optim_to_files(opts)
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    tensors.update(otensors)
-    name = f"state-e{epoch}.safetensors"
-    sha = atomic_save_tensors(tensors, ckdir / name)
-    atomic_save_json({"epoch": epoch, "tensors": name, "weights_sha256": sha,
-                      "config": config.model_dump(),
-                      "history": history, "optim": ojs, "objective": repr(objective),
-                      "rng": {"scheme": "per-epoch generator + fork_rng",
-                              "next_epoch_seed": epoch_seed(config.seed, epoch)}},
-                     ckdir / "state.json")
-    for old in ckdir.glob("state-e*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-    if hasattr(model, "robustcompress_spec"):
-        save_checkpoint(model, ckdir / "model", {
-            "config": config.model_dump(), "dataset": info.to_dict(), "epoch": epoch,
-            "metrics": history[-1] if history else {}, "history": history,
-        })
-
-
-def _load_state(ckdir: Path, model: nn.Module, opts, config: TrainConfig) -> tuple[int, list]:
-    try:
-        st = json.loads((ckdir / "state.json").read_text())
-        path = ckdir / st["tensors"]
-        bad = weights_mismatch(path, st) if path.is_file() else "the file is missing"
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        bad = f"{type(e).__name__}: {e}"
-        path = ckdir / "state.json"
-    if bad:
-        raise DataError(f"training state {path} cannot be resumed ({bad}): it was modified or "
-                        "corrupted; delete the folder's state files or use resume=False "
-                        "(--no-resume) to train from the start")
-    if _config_key(TrainConfig(**st["config"])) != _config_key(config):
-        raise ConfigError(
-            f"{ckdir} holds a run with a different training config ({st['config']}); use another "
-            "checkpoint directory or resume=False (--no-resume) to start over")
-    tensors = load_file(str(path))
-    mstate = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    try:
-        model.load_state_dict(mstate, strict=True)
-        _optim_from_files(opts, tensors, st["optim"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ConfigError(f"{ckdir} holds a checkpoint of another model or objective "
-                          f"({str(e).splitlines()[0]}); use another directory or resume=False") from None
-    return int(st["epoch"]), list(st["history"])
-
-
-# ----------------------------------------------------------------------------- one step
 
 @dataclass
 class _Exec:
@@ -343,13 +238,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
                scaler=accel.make_scaler(amp_on, dev, dtype))
 
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start, history = 0, []
-    if ckdir is not None:
-        if world.is_main:
-            ckdir.mkdir(parents=True, exist_ok=True)
-        ddp.barrier(world)
-        if resume and (ckdir / "state.json").is_file():
-            start, history = _load_state(ckdir, model, opts, config)
+    start, history = _resume(ckdir, model, opts, config, world, resume)
     ddp.broadcast_state(model, world)  # before NHWC: collectives want contiguous tensors
     if config.channels_last:
         accel.to_channels_last(model)  # parameter objects are kept: the optimizers still hold them
@@ -363,7 +252,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
                                       base_lrs, epoch, dev, flip, progress, last_out, ex))
             if ckdir is not None:
                 if world.is_main:
-                    _save_state(ckdir, epoch + 1, model, opts, config, history, objective,
+                    save_state(ckdir, epoch + 1, model, opts, config, history, objective,
                                 dataset.info)
                 ddp.barrier(world)
     finally:
@@ -373,6 +262,18 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     metrics = dict(history[-1]) if history else {}
     metrics["epochs"] = len(history)
     return FitResult(model=model, history=history, metrics=metrics)
+
+
+def _resume(ckdir: Optional[Path], model, opts, config: TrainConfig, world, resume: bool):
+    """``(first epoch, history)``: from the folder's training state when resuming, else 0, []."""
+    if ckdir is None:
+        return 0, []
+    if world.is_main:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    ddp.barrier(world)
+    if resume and (ckdir / "state.json").is_file():
+        return load_state(ckdir, model, opts, config)
+    return 0, []
 
 
 def _resolve_fit_device(model: nn.Module, device, world: ddp.World) -> torch.device:
