@@ -48,3 +48,21 @@ def trained(digits):
     m = build_model("lenet300", digits.info)
     fit(m, digits, TrainConfig(epochs=3), progress=False)
     return m.eval()
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(digits):
+    """A 64-64-10 ReLU MLP trained on the digits (150 full-batch Adam steps, ~97% test accuracy),
+    frozen and in eval mode: the deterministic model the canary, convergence and paper-protocol
+    tests defend or disguise."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(digits.train.x), digits.train.y).backward()
+        opt.step()
+    net.requires_grad_(False)
+    return net.eval()

@@ -11,24 +11,14 @@ from torch import nn
 from robustcompress.attacks import ThreatModel, evaluate_robustness, register_attack, run_attack
 from robustcompress.attacks.base import AttackResult
 from robustcompress.attacks.registry import _ATTACKS
-from robustcompress.data import load_dataset
 from robustcompress.errors import ThreatModelError
 
 THREAT = ThreatModel("linf", 0.2, (0.0, 1.0))
 
 
 @pytest.fixture(scope="module")
-def trained():
-    ds = load_dataset("digits")
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(ds.train.x), ds.train.y).backward()
-        opt.step()
-    net.requires_grad_(False)
-    return net.eval(), ds.test.x[:120], ds.test.y[:120]
+def trained(digits_mlp, digits):
+    return digits_mlp, digits.test.x[:120], digits.test.y[:120]
 
 
 def _evaluate(model, x, y, square: int, seed: int = 0):

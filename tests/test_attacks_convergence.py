@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from robustcompress.attacks import ThreatModel
 from robustcompress.attacks.convergence import evaluate_until_converged
@@ -18,17 +17,8 @@ KW = dict(mc_samples=20, square_queries=30, checks=False, apgd_steps=5, progress
 
 
 @pytest.fixture(scope="module")
-def nets():
-    ds = load_dataset("digits")
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(ds.train.x), ds.train.y).backward()
-        opt.step()
-    net.requires_grad_(False)
-    return net.eval(), sap(net, 0.5).eval(), ds.test.x[:100], ds.test.y[:100]
+def nets(digits_mlp, digits):
+    return digits_mlp, sap(digits_mlp, 0.5).eval(), digits.test.x[:100], digits.test.y[:100]
 
 
 def _run(model, x, y, **kw):
