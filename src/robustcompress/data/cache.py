@@ -30,6 +30,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from robustcompress.data.integrity import atomic_write_bytes, file_sha256
+
 CACHE_ENV_VAR = "ROBUSTCOMPRESS_CACHE"
 Arrays = dict[str, np.ndarray]
 
@@ -73,20 +75,6 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -101,7 +89,6 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _sha256(path: Path) -> str:
-    from robustcompress.data.integrity import file_sha256  # integrity imports this module
 
     return file_sha256(path)
 

@@ -12,12 +12,12 @@ import gzip
 import hashlib
 import json
 import os
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from robustcompress.data.cache import atomic_write_bytes
 from robustcompress.errors import DataError
 
 CHUNK = 1 << 20
@@ -77,6 +77,21 @@ KNOWN: dict[str, Checksum] = {
     "fsdd-recordings.tar": Checksum(
         ("48697dce8b5b10e0e86d8556f204d87fd23506b6f389790d3a650c8e24c17ab2",)),
 }
+
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def known_checksum(path: Path) -> Optional[Checksum]:
