@@ -182,20 +182,10 @@ def evaluate_robustness(
     state = _Cascade.start(clean_correct, x)
     records = [_cascade_step(run, state, i, entry, surrogate_model)
                for i, entry in enumerate(battery)]
-    # worst case per sample: the (MC-averaged) probability of the true class at the kept point
-    final_probs = mc_predict(model, state.x_adv, mc_samples=run.mc,
-                             generator=child_generator(run.master, run.dev), batch_size=batch_size)
-    true_prob = final_probs.gather(1, y[:, None]).squeeze(1) if run.n else final_probs.new_zeros(0)
+    true_prob = _true_prob(run, state)
     flags: list[Flag] = [check_undeclared_randomness(undeclared)] if undeclared else []
     if checks and run.n:
-        t0 = time.perf_counter()
-        whitebox_acc, others = _cascade_comparison(records, run.clean_acc, run.n)
-        flags += masking_checks(
-            model, x[:m], y[:m], threat, generator=child_generator(run.master, run.dev),
-            eot_samples=run.eot if props.stochastic else None, mc_samples=run.mc, bpda=run.bpda,
-            steps=check_steps, whitebox_accuracy=whitebox_acc, blackbox_accuracies=others,
-            tol=tol, batch_size=batch_size, gradient_flag=grad_flag)
-        run.timings["checks"] = time.perf_counter() - t0
+        flags += _masking_flags(run, records, m, check_steps, tol, grad_flag)
     for f in flags:
         if f.raised:
             run.say(f.line())
@@ -207,15 +197,28 @@ def evaluate_robustness(
         "checks": {"enabled": checks, "samples": m, "steps": check_steps, "tol": tol},
         "surrogate_model": surrogate_model is not None,
     }
-    return RobustnessReport(
-        n=run.n, clean_accuracy=run.clean_acc,
-        robust_accuracy=float(state.robust.double().mean()) if run.n else math.nan,
-        fooled_any_rate=float(state.fooled_any.double().mean()) if run.n else math.nan,
-        attacks=records, flags=flags,
-        per_sample={"clean_correct": clean_correct.cpu(), "robust": state.robust.cpu(),
-                    "fooled_any": state.fooled_any.cpu(), "broken_by": state.broken_by.cpu(),
-                    "true_prob": true_prob.cpu()},
-        settings=settings, timings=run.timings, x_adv=state.x_adv)
+    return state.report(run, records, flags, clean_correct, true_prob, settings)
+
+
+def _true_prob(run: "_Run", state: "_Cascade") -> torch.Tensor:
+    """Worst case per sample: the (MC-averaged) probability of the true class at the kept point."""
+    probs = mc_predict(run.model, state.x_adv, mc_samples=run.mc,
+                       generator=child_generator(run.master, run.dev), batch_size=run.batch_size)
+    return probs.gather(1, run.y[:, None]).squeeze(1) if run.n else probs.new_zeros(0)
+
+
+def _masking_flags(run: "_Run", records: list, m: int, steps: int, tol: float,
+                   grad_flag: Optional[Flag]) -> list[Flag]:
+    """The gradient-masking checks on the first ``m`` inputs, with the cascade's comparison."""
+    t0 = time.perf_counter()
+    whitebox_acc, others = _cascade_comparison(records, run.clean_acc, run.n)
+    flags = masking_checks(
+        run.model, run.x[:m], run.y[:m], run.threat, generator=child_generator(run.master, run.dev),
+        eot_samples=run.eot if run.props.stochastic else None, mc_samples=run.mc, bpda=run.bpda,
+        steps=steps, whitebox_accuracy=whitebox_acc, blackbox_accuracies=others, tol=tol,
+        batch_size=run.batch_size, gradient_flag=grad_flag)
+    run.timings["checks"] = time.perf_counter() - t0
+    return flags
 
 
 def _run_settings(run: "_Run", seed: int, clean_seed: int, battery: list) -> dict:
@@ -331,6 +334,17 @@ class _Cascade:
         return cls(clean_correct.clone(), ~clean_correct,
                    torch.where(clean_correct, -1, -2).to(device=x.device, dtype=torch.long),
                    x.detach().clone())
+
+    def report(self, run: "_Run", records: list, flags: list, clean_correct: torch.Tensor,
+               true_prob: torch.Tensor, settings: dict) -> RobustnessReport:
+        mean = lambda t: float(t.double().mean()) if run.n else math.nan  # noqa: E731
+        return RobustnessReport(
+            n=run.n, clean_accuracy=run.clean_acc, robust_accuracy=mean(self.robust),
+            fooled_any_rate=mean(self.fooled_any), attacks=records, flags=flags,
+            per_sample={"clean_correct": clean_correct.cpu(), "robust": self.robust.cpu(),
+                        "fooled_any": self.fooled_any.cpu(), "broken_by": self.broken_by.cpu(),
+                        "true_prob": true_prob.cpu()},
+            settings=settings, timings=run.timings, x_adv=self.x_adv)
 
 
 def _cascade_step(run: _Run, state: _Cascade, i: int, entry: tuple, surrogate_model) -> AttackRecord:
