@@ -69,15 +69,17 @@ def leaderboard(data: ReportData) -> tuple[list[str], list[list[str]]]:
 def print_leaderboard(data: ReportData, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     header, rows = leaderboard(data)
     table = Table(title=f"robustcompress leaderboard: {data.title} (eps {data.main_eps}; "
                         "paper = papers' protocol, adaptive = EOT/BPDA/Square worst case)")
     for h in header:
-        table.add_column(h, justify="left" if h in ("variant", "flags") else "right")
-    for r in rows:
-        table.add_row(*r)
+        table.add_column(h, justify="left" if h in ("variant", "flags") else "right",
+                         no_wrap=h == "variant", overflow="fold")
+    for r in rows:  # Text: labels like tensor[theta=0.9] are printed literally, not as markup
+        table.add_row(*[Text(c) for c in r])
     console.print(table)
     if data.paper_reference:
         h, rows = paper_comparison(data)
@@ -85,7 +87,7 @@ def print_leaderboard(data: ReportData, console=None) -> None:
         for c in h:
             ref.add_column(c)
         for r in rows:
-            ref.add_row(*r)
+            ref.add_row(*[Text(c) for c in r])
         console.print(ref)
 
 
