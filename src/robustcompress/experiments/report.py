@@ -75,9 +75,10 @@ def print_leaderboard(data: ReportData, console=None) -> None:
     header, rows = leaderboard(data)
     table = Table(title=f"robustcompress leaderboard: {data.title} (eps {data.main_eps}; "
                         "paper = papers' protocol, adaptive = EOT/BPDA/Square worst case)")
-    for h in header:
+    for h in header:  # variant names whole (at most 30 characters kept), other cells fold
         table.add_column(h, justify="left" if h in ("variant", "flags") else "right",
-                         no_wrap=h == "variant", overflow="fold")
+                         overflow="fold", min_width=min(max([len(r[0]) for r in rows] + [7]), 30)
+                         if h == "variant" else None)
     for r in rows:  # Text: labels like tensor[theta=0.9] are printed literally, not as markup
         table.add_row(*[Text(c) for c in r])
     console.print(table)
