@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
+from robustcompress.experiments.plots import write_plots
+from robustcompress.experiments.report_data import FLAG_HELP, METRIC_GLOSSARY, ReportData, gather  # noqa: F401
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+Z95 = 1.96  # two-sided 95% normal quantile for the Wilson interval
+PROTOCOLS = ("paper = the attack settings of the paper being reproduced (e.g. one random draw per "
+             "gradient step, single-draw predictions); adaptive = APGD-CE + APGD-DLR with EOT/BPDA, "
+             "Square and transfer, worst case per sample, MC-averaged predictions")
 
-
-from robustcompress.experiments.report_data import FLAG_HELP, ReportData, gather  # noqa: E402,F401
 
 def _pct(v: Optional[float], s: Optional[float] = None, n: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -40,41 +41,70 @@ def _num(v: Optional[float], unit: str = "") -> str:
     return f"{v:.3g}{unit}"
 
 
+def wilson_halfwidth(p: float, n: int, z: float = Z95) -> float:
+    """Half the width of the Wilson score interval for a proportion ``p`` measured on ``n`` points."""
+    if n <= 0 or math.isnan(p):
+        return float("nan")
+    return z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+
+
+def _acc(m: Optional[float], s: float, runs: int, n: int) -> str:
+    """``62.0 ±6.7`` (95% Wilson interval on n points), or ``62.0 ±1.2sd`` over repeated runs."""
+    if m is None or math.isnan(m):
+        return "–"
+    if runs > 1:
+        return f"{100 * m:.1f} ±{100 * s:.1f}sd"
+    return f"{100 * m:.1f} ±{100 * wilson_halfwidth(m, n):.1f}" if n else f"{100 * m:.1f}"
+
+
 def leaderboard(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the leaderboard at the main eps (strings, ready to print)."""
     eps = data.main_eps
     paper = data.attacks("paper")
-    header = ["variant", "clean %"]
-    header += [f"{a} {eps} paper %" for a in paper]
+    header = ["variant", "clean %"] + [f"{a} @{eps} paper %" for a in paper]
     has_adaptive = bool(data.attacks("adaptive"))
     if has_adaptive:
-        header.append(f"worst {eps} adaptive %")
-    header += ["params", "bytes", "MACs", "latency ms", "flags"]
+        header.append(f"worst case @{eps} adaptive %")
+    header += ["params (dense)", "non-zeros", "size", "MACs", "latency ms", "flags"]
     rows = []
     for v in data.variants:
-        row = [v, _pct(data.clean(v))]
-        for a in paper:
-            m, s, n = data.robust(v, a, "paper", eps)
-            row.append(_pct(m, s, n))
-        if has_adaptive:
-            m, s, n = data.robust(v, "worst-case", "adaptive", eps)
-            row.append(_pct(m, s, n))
-        row += [_num(data.metric(v, "params")), _num(data.metric(v, "exported_bytes"), "B"),
-                _num(data.metric(v, "macs")), _num(data.metric(v, "latency_ms")),
-                ",".join(data.flags(v)) or "–"]
+        c = data.clean(v)
+        row = [v, _acc(c, 0.0, 1, data.n_points(v)) if c is not None else "–"]
+        cells = [(a, "paper") for a in paper] + ([("worst-case", "adaptive")] if has_adaptive else [])
+        for a, protocol in cells:
+            m, s, runs = data.robust(v, a, protocol, eps)
+            row.append(_acc(m, s, runs, data.n_points(v, a, protocol, eps)))
+        row += [_num(data.metric(v, "params")), _num(data.metric(v, "nonzero")),
+                _num(data.metric(v, "exported_bytes"), "B"), _num(data.metric(v, "macs")),
+                _num(data.metric(v, "latency_ms")), ",".join(data.flags(v)) or "–"]
         rows.append(row)
     return header, rows
 
 
+def legend(data: ReportData) -> list[str]:
+    """What the leaderboard's protocols, ± and flags mean (printed and written under it)."""
+    ns = sorted({r["n"] for r in data.results if r.get("n") and r["protocol"] != "minimal"})
+    runs = max((data.robust(v, a, "paper", data.main_eps)[2] for v in data.variants
+                for a in data.attacks("paper")), default=1)
+    lines = [f"protocols: {PROTOCOLS}.",
+             f"n = {'/'.join(map(str, ns)) or '?'} evaluation points per accuracy; ± = 95% Wilson interval "
+             "(half width) on those points" + (f"; ±…sd = std over {runs} repeated runs" if runs > 1 else "")
+             + f". Robust accuracies at eps {data.main_eps}.",
+             "params (dense) counts zeros too; non-zeros is what pruning removes; size = exported bytes."]
+    flags = sorted({f for v in data.variants for f in data.flags(v)})
+    lines += [f"flag {f}: {FLAG_HELP.get(f, '')}" for f in flags] or ["flags: none raised."]
+    return lines
+
+
 def print_leaderboard(data: ReportData, console=None) -> None:
+    """The leaderboard as a rich table, its legend under it, then the paper comparison."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console()
     header, rows = leaderboard(data)
-    table = Table(title=f"robustcompress leaderboard: {data.title} (eps {data.main_eps}; "
-                        "paper = papers' protocol, adaptive = EOT/BPDA/Square worst case)")
+    table = Table(title=f"robustcompress leaderboard: {data.title} (eps {data.main_eps})")
     for h in header:  # variant names whole (at most 30 characters kept), other cells fold
         table.add_column(h, justify="left" if h in ("variant", "flags") else "right",
                          overflow="fold", min_width=min(max([len(r[0]) for r in rows] + [7]), 30)
@@ -82,6 +112,8 @@ def print_leaderboard(data: ReportData, console=None) -> None:
     for r in rows:  # Text: labels like tensor[theta=0.9] are printed literally, not as markup
         table.add_row(*[Text(c) for c in r])
     console.print(table)
+    for line in legend(data):
+        console.print("  " + line, markup=False, highlight=False)
     if data.paper_reference:
         h, rows = paper_comparison(data)
         ref = Table(title="the paper's table values beside ours (ours: paper protocol if run, else adaptive)")
@@ -93,184 +125,76 @@ def print_leaderboard(data: ReportData, console=None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_accuracy_vs_eps(data: ReportData, out: Path) -> list[Path]:
-    """One figure per paper attack (the papers' Fig. 1 style); adaptive worst case dashed."""
-    paths = []
-    labels = data.eps_labels()
-    if not labels:
-        return paths
-    eps_of = {r["eps_label"]: r["eps"] for r in data.results}
-    xs = [eps_of[l] for l in labels]
-    for attack in data.attacks("paper") + (["worst-case"] if data.attacks("adaptive") else []):
-        protocol = "adaptive" if attack == "worst-case" else "paper"
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # distinct colours for up to 20 variants
-        for v in data.variants:
-            ys = [data.robust(v, attack, protocol, l)[0] for l in labels]
-            clean = data.clean(v)
-            if all(math.isnan(y) for y in ys):
-                continue
-            ax.plot([0.0] + xs, [clean if clean is not None else float("nan")] + ys, marker="o", label=v,
-                    linestyle="--" if protocol == "adaptive" else "-")
-        ax.set_xlabel("eps (input units)")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"{attack} ({protocol} protocol)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        paths.append(_save(fig, out / f"acc_vs_eps_{attack}.png"))
-    return paths
-
-
-def plot_pareto(data: ReportData, out: Path) -> Optional[Path]:
-    """Accuracy-robustness-size: x = bytes on disk, y = robust accuracy, colour = clean accuracy."""
-    pts = []
-    for v in data.variants:
-        size = data.metric(v, "exported_bytes")
-        m, _, n = data.robust(v, "worst-case", "adaptive", data.main_eps)
-        if n == 0:
-            attacks = data.attacks("paper")
-            m = min((data.robust(v, a, "paper", data.main_eps)[0] for a in attacks), default=float("nan"))
-        if size is None or math.isnan(m):
-            continue
-        pts.append((v, size, m, data.clean(v) or 0.0))
-    if not pts:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sc = ax.scatter([p[1] for p in pts], [p[2] for p in pts], c=[p[3] for p in pts], cmap="viridis",
-                    s=60, vmin=0, vmax=1)
-    for v, sx, sy, _ in pts:
-        ax.annotate(v, (sx, sy), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("exported model size (bytes)")
-    ax.set_ylabel(f"robust accuracy @ {data.main_eps}")
-    fig.colorbar(sc, ax=ax, label="clean accuracy")
-    ax.set_title("accuracy / robustness / size")
-    ax.grid(alpha=0.3)
-    return _save(fig, out / "pareto.png")
-
-
-def plot_robustness_vs_sparsity(data: ReportData, out: Path) -> Optional[Path]:
-    pts = [(v, data.metric(v, "sparsity")) for v in data.variants if data.metric(v, "sparsity") is not None]
-    pts = [(v, s) for v, s in pts if s is not None]
-    if len(pts) < 2:
-        return None
-    pts.sort(key=lambda p: p[1])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    xs = [p[1] for p in pts]
-    ax.plot(xs, [data.clean(v) for v, _ in pts], marker="o", label="clean")
-    for a in data.attacks("paper"):
-        ax.plot(xs, [data.robust(v, a, "paper", data.main_eps)[0] for v, _ in pts], marker="o",
-                label=f"{a} @ {data.main_eps} (paper)")
-    if data.attacks("adaptive"):
-        ax.plot(xs, [data.robust(v, "worst-case", "adaptive", data.main_eps)[0] for v, _ in pts],
-                marker="s", linestyle="--", label="worst case (adaptive)")
-    ax.set_xlabel("weight sparsity")
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return _save(fig, out / "robustness_vs_sparsity.png")
-
-
-def plot_calibration(data: ReportData, out: Path) -> Optional[Path]:
-    curves = {v: data.metrics[v]["ece"]["extra"] for v in data.variants
-              if "ece" in data.metrics.get(v, {}) and data.metrics[v]["ece"]["extra"].get("confidence")}
-    if not curves:
-        return None
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-    for v, c in curves.items():
-        ax.plot(c["confidence"], c["accuracy"], marker="o",
-                label=f"{v} (ECE {100 * data.metric(v, 'ece'):.1f}%)")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title("reliability diagram (clean test data)")
-    ax.legend(fontsize=7)
-    return _save(fig, out / "calibration.png")
-
-
-def plot_spectral(data: ReportData, out: Path) -> Optional[Path]:
-    series = {v: data.metrics[v]["spectral"]["extra"] for v in data.variants
-              if "spectral" in data.metrics.get(v, {}) and data.metrics[v]["spectral"]["extra"].get("layers")}
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    width = 0.8 / len(series)
-    for i, (v, s) in enumerate(series.items()):
-        idx = range(len(s["layers"]))
-        ax.bar([j + i * width for j in idx], s["values"], width=width, label=v)
-    first = next(iter(series.values()))
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first["layers"]))])
-    ax.set_xticklabels(first["layers"], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(f"||ΔW||₂ ({first.get('kind', 'reshaped matrix')})")
-    ax.axhline(1.0, color="red", linestyle=":", linewidth=1)
-    ax.legend(fontsize=7)
-    ax.set_title("spectral norm of the quantization error per layer")
-    return _save(fig, out / "spectral_norm.png")
-
-
-def plot_vulnerability(data: ReportData, out: Path) -> Optional[Path]:
-    series = {v: data.metrics[v]["vulnerability"]["extra"].get("per_feature") for v in data.variants
-              if "vulnerability" in data.metrics.get(v, {})}
-    series = {v: s for v, s in series.items() if s}
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for v, vals in series.items():
-        ax.hist(vals, bins=30, alpha=0.5, label=f"{v} (V={data.metric(v, 'vulnerability'):.3f})")
-    ax.set_xlabel("feature vulnerability |z - z_adv| (first masked layer)")
-    ax.set_ylabel("features")
-    ax.legend(fontsize=7)
-    return _save(fig, out / "vulnerability.png")
-
-
-# ----------------------------------------------------------------------------------------------
 # Markdown and HTML
 
 
-def _tables(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
-    tables = []
-    header, rows = leaderboard(data)
-    tables.append((f"Leaderboard (eps {data.main_eps})", header, rows))
-    for protocol in ("paper", "adaptive"):
-        attacks = data.attacks(protocol)
-        labels = data.eps_labels()
-        if not attacks:
-            continue
-        for attack in attacks:
-            h = ["variant"] + [f"eps {l}" for l in labels]
-            rs = []
-            for v in data.variants:
-                row = [v]
-                for l in labels:
-                    m, s, n = data.robust(v, attack, protocol, l)
-                    row.append(_pct(m, s, n) if n else "–")
-                rs.append(row)
-            tables.append((f"{attack} robust accuracy % ({protocol} protocol)", h, rs))
+def _eps_table(data: ReportData, attack: str, protocol: str) -> tuple[list[str], list[list[str]]]:
+    labels = data.eps_labels()
+    rows = []
+    for v in data.variants:
+        row = [v]
+        for lab in labels:
+            m, s, n = data.robust(v, attack, protocol, lab)
+            row.append(_pct(m, s, n) if n else "–")
+        rows.append(row)
+    return ["variant"] + [f"eps {lab}" for lab in labels], rows
+
+
+def _adaptive_section(data: ReportData) -> dict:
+    cascade = [a for a in data.attacks("adaptive") if a != "worst-case"]
+    tables = [("adaptive worst case per sample: robust accuracy % (every attack, MC re-evaluated)",)
+              + _eps_table(data, "worst-case", "adaptive")]
+    for i, a in enumerate(cascade):
+        standalone = " (standalone: see the paper protocol)" if a in data.attacks("paper") else ""
+        tables.append((f"after {a} (cumulative cascade: {' → '.join(cascade[:i + 1])}) %{standalone}",)
+                      + _eps_table(data, a, "adaptive"))
+    text = ["The attacks run as a cascade: each attacks only the points still robust after the ones "
+            "before it, so each table is the accuracy after that attack and all earlier ones, not the "
+            "attack alone. Standalone numbers exist for the paper-protocol attacks only."]
+    flags = sorted({f for v in data.variants for f in data.flags(v)})
+    text += [f"Flag {f}: {FLAG_HELP.get(f, '')}" for f in flags]
+    return {"title": "Adaptive evaluation", "text": text, "tables": tables,
+            "plots": ["acc_vs_eps_worst-case"]}
+
+
+def _metrics_section(data: ReportData) -> Optional[dict]:
+    keys = {k for v in data.variants for k, m in data.metrics.get(v, {}).items() if m["value"] is not None}
+    if not keys:
+        return None
+    order = [k for k in METRIC_GLOSSARY if k in keys] + sorted(keys - set(METRIC_GLOSSARY))
+    h = ["variant"] + [METRIC_GLOSSARY.get(k, (k, ""))[0] for k in order]
+    rs = [[v] + [_num(data.metric(v, k)) for k in order] for v in data.variants]
+    text = [f"{METRIC_GLOSSARY[k][0]} ({k}): {METRIC_GLOSSARY[k][1]}" for k in order if k in METRIC_GLOSSARY]
+    return {"title": "Compression, calibration and other per-variant metrics", "text": text,
+            "tables": [("Per-variant metrics (glossary below the table)", h, rs)],
+            "plots": ["robustness_vs_sparsity", "calibration", "vulnerability", "spectral_norm"]}
+
+
+def _sections(data: ReportData) -> list[dict]:
+    """The report after the leaderboard: one section per protocol, then the other measures."""
+    out = []
+    if data.attacks("paper"):
+        out.append({"title": "Paper protocol", "text": [PROTOCOLS.split("; ")[0] + "."],
+                    "tables": [(f"{a}: robust accuracy % (paper protocol)",) + _eps_table(data, a, "paper")
+                               for a in data.attacks("paper")],
+                    "plots": [f"acc_vs_eps_{a}" for a in data.attacks("paper")]})
+    if data.attacks("adaptive"):
+        out.append(_adaptive_section(data))
     minimal = [r for r in data.results if r["protocol"] == "minimal"]
     if minimal:
         h = ["variant", "attack", "r_2 mean L2", "median L2", "r_2 / ||x||", "found / correct"]
         rs = [[r["variant"], r["attack"], _num(r["mean_norm"]), _num(r["median_norm"]),
                _num(r["extra"].get("r2_relative")), f"{r['extra'].get('found', '–')}/{r['n']}"] for r in minimal]
-        tables.append(("Minimal perturbations (r_2)", h, rs))
-    keys = sorted({k for v in data.variants for k, m in data.metrics.get(v, {}).items() if m["value"] is not None})
-    if keys:
-        h = ["variant"] + keys
-        rs = [[v] + [_num(data.metric(v, k)) for k in keys] for v in data.variants]
-        tables.append(("Per-variant metrics", h, rs))
+        out.append({"title": "Minimal perturbations (r_2)", "tables": [("Minimal perturbations (r_2)", h, rs)],
+                    "text": ["Mean L2 norm of the smallest adversarial perturbation found, on correctly "
+                             "classified points."], "plots": []})
+    metrics = _metrics_section(data)
+    if metrics:
+        out.append(metrics)
     if data.paper_reference:
-        tables.append(("Paper table values beside ours",) + paper_comparison(data))
-    return tables
+        out.append({"title": "Paper table values beside ours", "text": [], "plots": [],
+                    "tables": [("Paper table values beside ours",) + paper_comparison(data)]})
+    return out
 
 
 def paper_comparison(data: ReportData) -> tuple[list[str], list[list[str]]]:
@@ -299,79 +223,89 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(data: ReportData, out_dir: Path, *, html_report: bool = True) -> dict[str, Path]:
-    """Write plots, ``report.md`` and (optionally) ``report.html``; returns their paths."""
+    """Write plots, ``report.md``, ``report.json`` and (optionally) ``report.html``; returns paths."""
     import torch
 
     out_dir = Path(out_dir)
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_accuracy_vs_eps(data, plots_dir)
-    for fn in (plot_robustness_vs_sparsity, plot_pareto, plot_calibration, plot_spectral, plot_vulnerability):
-        p = fn(data, plots_dir)
-        if p is not None:
-            plots.append(p)
+    plots = write_plots(data, plots_dir)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     intro = (f"Generated {stamp} by robustcompress with torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads). *paper* = the attack protocol of the paper being "
-             "reproduced (e.g. one random draw per gradient step, single-draw predictions); *adaptive* = "
-             "APGD-CE + APGD-DLR with EOT for stochastic models and BPDA for non-differentiable ones, "
-             "Square (score-based) and transfer from the undefended model, worst case per sample, "
-             "MC-averaged predictions. Repeated runs are shown as mean±std. For randomized models "
-             "the two protocols judge differently: the paper protocol counts a sample as fooled "
-             "if one random forward misclassifies it, the adaptive one only if the prediction "
-             "averaged over many draws does (the 'fooled in at least one draw' rate is kept too), "
-             "so a paper-protocol number can be lower than the adaptive worst case.")
-    tables = _tables(data)
-    flags = sorted({f for v in data.variants for f in data.flags(v)})
+             f"({torch.get_num_threads()} threads). Every number names its protocol. For randomized models "
+             "the paper protocol counts a sample as fooled if one random forward misclassifies it, the "
+             "adaptive one only if the prediction averaged over many draws does, so a paper-protocol "
+             "number can be lower than the adaptive worst case.")
+    header, rows = leaderboard(data)
+    sections = _sections(data)
     md = [f"# robustcompress report: {data.title}", "", intro, ""]
     md += [f"> {n}" for n in data.notes]
-    for title, h, rs in tables:
-        md += [f"## {title}", "", _md_table(h, rs), ""]
-    if flags:
-        md += ["## Gradient-masking flags", ""]
-        md += [f"- **{f}**: {FLAG_HELP.get(f, '')}" for f in flags]
-        md.append("")
-    md += ["## Plots", ""]
-    md += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    md += [f"## Leaderboard (eps {data.main_eps})", "", _md_table(header, rows), ""]
+    md += [f"- {line}" for line in legend(data)] + [""]
+    if "pareto" in plots:
+        md += ["![pareto](plots/pareto.png)", ""]
+    for sec in sections:
+        md += [f"## {sec['title']}", ""]
+        for title, h, rs in sec["tables"]:
+            md += [f"### {title}", "", _md_table(h, rs), ""]
+        md += [f"- {t}" for t in sec["text"]] + [""]
+        md += [f"![{p}](plots/{plots[p].name})" for p in sec["plots"] if p in plots] + [""]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md) + "\n")
     paths = {"md": md_path, "plots": plots_dir}
     if html_report:
-        paths["html"] = _write_html(data, out_dir, intro, tables, flags, plots)
+        paths["html"] = _write_html(data, out_dir, intro, sections, plots)
     (out_dir / "report.json").write_text(json.dumps(
         {"title": data.title, "main_eps": data.main_eps, "variants": data.variants,
-         "leaderboard": dict(zip(("header", "rows"), leaderboard(data))),
+         "leaderboard": dict(zip(("header", "rows"), (header, rows))), "legend": legend(data),
          "flags": {v: data.flags(v) for v in data.variants},
-         "paper_adaptive_gap": {v: [f.to_dict() for f in data.gap_flags(v)] for v in data.variants}},
+         "paper_adaptive_gap": {v: [f.to_dict() for f in data.gap_flags(v)] for v in data.variants},
+         "metric_glossary": {k: {"column": c, "meaning": m} for k, (c, m) in METRIC_GLOSSARY.items()}},
         indent=2, default=float))
     return paths
 
 
-def _write_html(data, out_dir: Path, intro: str, tables, flags, plots) -> Path:
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:1.5em auto;padding:0 1em;color:#222;"
+       "line-height:1.4}.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;max-width:100%}"
+       "table{border-collapse:collapse;margin:0.5em 0;font-size:13px;white-space:nowrap}"
+       "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0;position:sticky;top:0}"
+       "td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fafafa}"
+       "img{max-width:100%;height:auto;border:1px solid #eee}figure{margin:0.8em 0}"
+       "ul.legend{font-size:13px;color:#444}.note{background:#fff8e0;padding:0.5em 1em;"
+       "border-left:4px solid #e0b000}h3{font-size:1em;margin-bottom:0.2em}"
+       "@media (max-width:700px){body{padding:0 0.4em}table{font-size:12px}}")
+
+
+def _html_table(title: str, h: list[str], rs: list[list[str]], level: str = "h3") -> list[str]:
     e = html.escape
+    out = [f"<{level}>{e(title)}</{level}><div class=\"scroll\"><table><thead><tr>"
+           + "".join(f"<th>{e(c)}</th>" for c in h) + "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rs]
+    return out + ["</tbody></table></div>"]
+
+
+def _write_html(data, out_dir: Path, intro: str, sections: list[dict], plots: dict[str, Path]) -> Path:
+    """Leaderboard and legend, the Pareto plot, then one section per protocol/measure."""
+    e = html.escape
+    fig = lambda name: (f"<figure><img src=\"plots/{e(plots[name].name)}\" alt=\"{e(name)}\" loading=\"lazy\">"  # noqa: E731
+                        f"<figcaption>{e(name)}</figcaption></figure>") if name in plots else ""
+    header, rows = leaderboard(data)
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-             f"<title>robustcompress report: {e(data.title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-             "th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%;border:1px solid #eee;margin:0.5em 0}"
-             ".note{background:#fff8e0;padding:0.5em 1em;border-left:4px solid #e0b000}</style>",
-             "</head><body>", f"<h1>robustcompress report: {e(data.title)}</h1>", f"<p>{e(intro)}</p>"]
+             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+             f"<title>robustcompress report: {e(data.title)}</title><style>{CSS}</style>",
+             "</head><body>", f"<h1>robustcompress report: {e(data.title)}</h1>"]
     parts += [f"<p class=\"note\">{e(n)}</p>" for n in data.notes]
-    for title, h, rs in tables:
-        parts.append(f"<h2>{e(title)}</h2><table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in h)
-                     + "</tr></thead><tbody>")
-        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rs]
-        parts.append("</tbody></table>")
-    if flags:
-        parts.append("<h2>Gradient-masking flags</h2><ul>")
-        parts += [f"<li><b>{e(f)}</b>: {e(FLAG_HELP.get(f, ''))}</li>" for f in flags]
-        parts.append("</ul>")
-    parts.append("<h2>Plots</h2>")
-    parts += [f"<figure><img src=\"plots/{e(p.name)}\" alt=\"{e(p.stem)}\"><figcaption>{e(p.stem)}"
-              "</figcaption></figure>" for p in plots]
-    parts.append("</body></html>")
+    parts += _html_table(f"Leaderboard (eps {data.main_eps})", header, rows, "h2")
+    parts.append("<ul class=\"legend\">" + "".join(f"<li>{e(x)}</li>" for x in legend(data)) + "</ul>")
+    parts.append(fig("pareto"))
+    for sec in sections:
+        parts.append(f"<h2>{e(sec['title'])}</h2>")
+        for title, h, rs in sec["tables"]:
+            parts += _html_table(title, h, rs)
+        if sec["text"]:
+            parts.append("<ul class=\"legend\">" + "".join(f"<li>{e(t)}</li>" for t in sec["text"]) + "</ul>")
+        parts += [fig(p) for p in sec["plots"] if p in plots]
+    parts += [f"<p><small>{e(intro)}</small></p>", "</body></html>"]
     path = out_dir / "report.html"
-    path.write_text("\n".join(parts) + "\n")
+    path.write_text("\n".join(x for x in parts if x) + "\n")
     return path
