@@ -193,7 +193,8 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         torchrun it must be on a file system every rank sees (one machine: any folder).
     device : ``"auto" | "cpu" | "cuda[:N]"`` or a ``torch.device``; default: the model's. Under
         torchrun on GPUs, ``cuda`` means this rank's ``cuda:LOCAL_RANK``.
-    progress : tqdm bar with loss / accuracy, and one line per epoch (rank 0 only).
+    progress : progress bar with loss / accuracy (plain periodic lines when stderr is not a
+        terminal, see :mod:`robustcompress.progress`), and one line per epoch (rank 0 only).
     resume : continue from ``checkpoint_dir``'s last finished epoch if there is one.
     distributed : train data parallel over the initialised process group; None (default) =
         ``config.data_parallel`` (None there = whenever a group with several processes exists);
@@ -308,7 +309,7 @@ def _test_accuracy(model: nn.Module, test: Split, config: TrainConfig, dev, worl
 
 def _run_epoch(train_model, model, dataset, config, objective, opts, groups, base_lrs, epoch,
                dev, flip, progress, last_out, ex: _Exec) -> dict:
-    from tqdm.auto import tqdm
+    from robustcompress import progress as progress_display
 
     t0 = time.perf_counter()
     w = ex.world
@@ -325,8 +326,9 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
     forks = [dev] if dev.type == "cuda" else []
     sums = {"loss": 0.0}
     correct = seen = count = 0
-    bar = tqdm(starts, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-               leave=False, unit="batch")
+    # a bar on a terminal, plain periodic lines when redirected (no '\r' in log files)
+    bar = progress_display.bar(starts, desc=f"epoch {epoch + 1}/{config.epochs}",
+                               enabled=progress, unit="batch")
     with torch.random.fork_rng(devices=forks):
         torch.manual_seed(ddp.rank_seed(seed, w.rank))
         if hasattr(objective, "train_mode"):
@@ -372,7 +374,7 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
         row["test_acc"] = _test_accuracy(model, dataset.test, config, dev, w)
     row["seconds"] = time.perf_counter() - t0
     if progress:
-        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, train acc "
+        progress_display.write(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, train acc "
                    f"{row['train_acc']:.4f}" + (f", test acc {row['test_acc']:.4f}"
                                                 if "test_acc" in row else "")
                    + f", {row['seconds']:.1f}s")
