@@ -53,6 +53,7 @@ def defenses(ctx: typer.Context) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from robustcompress.defenses import list_defenses
 
@@ -61,7 +62,7 @@ def defenses(ctx: typer.Context) -> None:
         table.add_column(c)
     for name, spec in list_defenses().items():
         params = ", ".join(f"{k}={f.default!r}" for k, f in spec.Params.model_fields.items())
-        table.add_row(name, spec.paper, params)
+        table.add_row(name, spec.paper, Text(params))  # literal: defaults may hold [...]
     Console().print(table)
 
 
@@ -208,7 +209,6 @@ def results(
     Example: robustcompress results runs/demo --protocol adaptive --export adaptive.csv
     """
     from rich.console import Console
-    from rich.table import Table
 
     from robustcompress.errors import UserInputError
     from robustcompress.experiments import ResultsStore, export_rows
@@ -225,15 +225,41 @@ def results(
         export_rows(rows, export)
         typer.echo(f"wrote {len(rows)} rows to {export}")
         return
-    table = Table(title=f"{db} ({len(rows)} rows)")
-    cols = (["variant", "key", "value"] if metrics else
-            ["variant", "protocol", "attack", "norm", "eps_label", "run", "n", "clean_acc", "robust_acc",
-             "fooled_any", "mean_norm"])
-    for c in cols:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in cols])
-    Console().print(table)
+    _print_rows(Console(), rows, metrics, str(db))
+
+
+# the columns `results` shows (the export has them all); mean_norm only for minimal rows
+_RESULT_COLS = ["variant", "protocol", "attack", "norm", "eps_label", "run", "n", "clean_acc",
+                "robust_acc", "fooled_any", "mean_norm"]
+_HEADERS = {"eps_label": "eps", "clean_acc": "clean", "robust_acc": "robust", "fooled_any": "fooled"}
+
+
+def _print_rows(console, rows: list[dict], metrics: bool, title: str) -> None:
+    """The rows as a table readable at 80 columns: names printed literally (``tensor[theta=0.9]``
+    is not console markup), numbers and variant names whole, other long cells folded onto more
+    lines instead of cut; a column with one value in every row goes to the title."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    cols = ["variant", "key", "value"] if metrics else [
+        c for c in _RESULT_COLS if any(r.get(c) is not None for r in rows)]
+    same = {c: _fmt(rows[0].get(c)) for c in cols if len(rows) > 1 and c not in
+            ("variant", "robust_acc", "key", "value") and len({_fmt(r.get(c)) for r in rows}) == 1}
+    cols = [c for c in cols if c not in same]
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    note = ", ".join(f"{_HEADERS.get(c, c)} {v}" for c, v in same.items())
+    table = Table(title=Text(f"{title} ({len(rows)} rows" + (f"; all {note})" if note else ")")),
+                  box=box.SIMPLE_HEAD, show_edge=False)
+    for j, c in enumerate(cols):
+        numeric = c not in ("variant", "protocol", "attack", "norm", "key", "value")
+        widest = max([len(row[j]) for row in cells] + [len(_HEADERS.get(c, c))])
+        keep = numeric or c == "variant"  # numbers and variant names stay whole (up to 24 chars)
+        table.add_column(_HEADERS.get(c, c), overflow="fold", justify="right" if numeric else "left",
+                         min_width=min(widest, 24) if keep else None)
+    for row in cells:
+        table.add_row(*[Text(v) for v in row])
+    console.print(table)
 
 
 def _fmt(v) -> str:
