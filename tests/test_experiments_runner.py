@@ -112,15 +112,30 @@ def test_html_report_is_well_formed_and_images_exist(full_run):
     assert "paper protocol" in text and "Leaderboard" in text
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (Debian package 'chromium')")
-def test_html_report_renders_in_headless_chromium(full_run, tmp_path):
-    out, _ = full_run
-    shot = tmp_path / "shot.png"
+def _chromium(tmp_path, *args):
+    """Headless Chromium with a throwaway profile; returns stdout."""
     cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000",
-           f"--screenshot={shot}", (out / "report.html").resolve().as_uri()]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+# appended to a copy of the report: after the load event, each image's src and natural width
+# (0 = broken) go into an attribute that --dump-dom prints
+_IMAGE_PROBE = ("<script>window.addEventListener('load', () => document.body.setAttribute('data-images', "
+                "JSON.stringify(Array.from(document.images, i => [i.getAttribute('src'), "
+                "i.complete ? i.naturalWidth : 0]))));</script>")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium not installed (Debian package 'chromium'; .ci/run installs it)")
+def test_html_report_renders_in_headless_chromium(full_run, tmp_path):
+    import json
+
+    out, _ = full_run
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, "--window-size=1200,3000", f"--screenshot={shot}",
+              (out / "report.html").resolve().as_uri())
     from PIL import Image
 
     img = Image.open(shot).convert("L")
@@ -128,6 +143,20 @@ def test_html_report_renders_in_headless_chromium(full_run, tmp_path):
     assert img.size == (1200, 3000)
     # a rendered page is not blank: a good share of non-white pixels (text, tables, plots)
     assert sum(hist[:200]) / sum(hist) > 0.02
+    # every image loaded: the same page (images resolved against the run folder) with a probe
+    page = (out / "report.html").read_text()
+    base = f'<base href="{out.resolve().as_uri()}/">'
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + base, 1).replace("</body>", _IMAGE_PROBE + "</body>"))
+    dom = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    parser = html.parser.HTMLParser()
+    found = {}
+    parser.handle_starttag = lambda tag, attrs: found.update(dict(attrs)) if tag == "body" else None
+    parser.feed(dom)
+    images = json.loads(found["data-images"])
+    assert len(images) >= 3
+    broken = [src for src, width in images if not width]
+    assert not broken, f"images that did not load in Chromium: {broken}"
 
 
 def _done_units(db):
