@@ -44,6 +44,8 @@ from robustcompress.attacks.eot import ExpectationModel  # noqa: F401,E402
 from robustcompress.attacks.cw import cw_l2  # noqa: F401,E402
 from robustcompress.attacks.deepfool import deepfool  # noqa: F401,E402
 from robustcompress.attacks.square import square  # noqa: F401,E402
+from robustcompress.attacks.fab import fab, fab_t  # noqa: F401,E402
+from robustcompress.attacks.fmn import fmn  # noqa: F401,E402
 from robustcompress.attacks.checks import Flag, masking_checks  # noqa: F401,E402
 from robustcompress.attacks.adaptive import RobustnessReport, evaluate_robustness  # noqa: F401,E402
 
@@ -64,7 +66,7 @@ __all__ = [
     "RFGSM", "Square", "SweepResult", "least_likely_targets", "random_targets", "run_attack_sweep",
     "AttackResult", "DEFAULT_EOT_SAMPLES", "DEFAULT_MC_SAMPLES", "ExpectationModel", "Flag",
     "RobustnessReport", "SampleNoise", "ThreatModel", "apgd", "apgd_t", "bim", "bim_paper_schedule",
-    "cw", "cw_l2", "deepfool", "evaluate_robustness", "fgsm", "gaussian", "get_attack",
+    "cw", "cw_l2", "deepfool", "evaluate_robustness", "fab", "fab_t", "fgsm", "fmn", "gaussian", "get_attack",
     "input_gradient", "judge", "list_attacks", "masking_checks", "mc_predict", "mim", "objective",
     "pgd", "register_attack", "rfgsm", "run_attack", "square", "transfer", "uniform",
 ]

@@ -42,6 +42,10 @@ PARAM_RULES = MappingProxyType({
     "sigma": ("real", "pos"), "alpha": ("real", "nonneg"), "decay": ("real", "nonneg"),
     "overshoot": ("real", "nonneg"), "confidence": ("real", "nonneg"), "p_init": ("real", "frac"),
     "random_start": ("bool",), "paper": ("bool",), "abort_early": ("bool",), "early_stop": ("bool?",),
+    # FAB (alpha_max, eta, beta) and FMN (step sizes and the radius' relative change)
+    "alpha_max": ("real", "frac"), "eta": ("real", "pos"), "beta": ("real", "frac"),
+    "alpha_init": ("real", "pos"), "alpha_final": ("real", "pos"), "gamma_init": ("real", "frac"),
+    "gamma_final": ("real", "frac"),
 })
 #: keyword parameters run_attack sets itself: where each is given instead
 RESERVED = MappingProxyType({
