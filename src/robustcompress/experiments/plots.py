@@ -91,6 +91,8 @@ def _overlaps(a, b) -> bool:
 
 def label_box(t, renderer):
     """The text's own box in display pixels (an annotation's leader line excluded)."""
+    if hasattr(t, "update_positions"):  # an annotation places its text only when drawn
+        t.update_positions(renderer)
     return Text.get_window_extent(t, renderer)
 
 
@@ -219,6 +221,14 @@ def _grid(n: int, panel: float = 2.4):
     return fig, flat[:n]
 
 
+def _missing_note(fig, data: ReportData, shown) -> None:
+    """Say which variants have no data here instead of silently leaving them out."""
+    missing = [v for v in data.variants if v not in shown]
+    if missing:
+        fig.text(0.99, 0.005, "not measured: " + ", ".join(missing), ha="right", va="bottom", fontsize=7,
+                 color="grey")
+
+
 def figure_calibration(data: ReportData):
     """Reliability diagrams on clean test data; one panel per variant when there are many."""
     curves = {v: data.metrics[v]["ece"]["extra"] for v in data.variants
@@ -229,8 +239,9 @@ def figure_calibration(data: ReportData):
     many = len(curves) > SMALL_MULTIPLES_ABOVE
     fig, axes = _grid(len(curves)) if many else plt.subplots(figsize=(5.5, 4.6))
     axes = axes if many else [axes] * len(curves)
+    for ax in dict.fromkeys(axes):  # the diagonal once per panel
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
     for ax, (v, c) in zip(axes, curves.items()):
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ece = data.metric(v, "ece")
         label = f"{v} (ECE {100 * ece:.1f}%)" if ece is not None else v
         ax.plot(c["confidence"], c["accuracy"], marker="o", markersize=3, label=label, **styles[v])
@@ -239,6 +250,7 @@ def figure_calibration(data: ReportData):
     fig.supxlabel("confidence (clean test data)", fontsize=9)
     fig.supylabel("accuracy", fontsize=9)
     fig.suptitle("reliability diagrams (diagonal = perfectly calibrated)", fontsize=10)
+    _missing_note(fig, data, curves)
     if not many:
         axes[0].legend(fontsize=7)
     return fig
@@ -255,13 +267,16 @@ def figure_vulnerability(data: ReportData):
     many = len(series) > SMALL_MULTIPLES_ABOVE
     fig, axes = _grid(len(series)) if many else plt.subplots(figsize=(6.5, 4.2))
     axes = axes if many else [axes] * len(series)
+    lo, hi = min(min(s) for s in series.values()), max(max(s) for s in series.values())
+    bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 30  # the same bins in every panel
     for ax, (v, vals) in zip(axes, series.items()):
         label = f"{v} (V={data.metric(v, 'vulnerability'):.3f})"
-        ax.hist(vals, bins=30, alpha=0.8 if many else 0.5, color=styles[v]["color"], label=label)
+        ax.hist(vals, bins=bins, alpha=0.8 if many else 0.5, color=styles[v]["color"], label=label)
         if many:
             ax.set_title(label, fontsize=8)
-    fig.supxlabel("feature vulnerability |z - z_adv| (first masked layer; PGD-10 at the main eps)", fontsize=9)
+    fig.supxlabel("feature vulnerability |z - z_adv| (first masked layer, PGD-10)", fontsize=9)
     fig.supylabel("features", fontsize=9)
+    _missing_note(fig, data, series)
     if not many:
         axes[0].legend(fontsize=7)
     return fig
