@@ -1,0 +1,132 @@
+"""FAB and FMN (issue 19): exact minimal distances on linear models, box, batching, seeds, targets;
+and the projection FAB relies on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustcompress.attacks import ThreatModel, run_attack
+from robustcompress.attacks.fab import project_hyperplane_box
+from robustcompress.errors import UserInputError
+
+MINIMAL = [("fab", {}), ("fab-t", {"n_target_classes": 2}), ("fmn", {})]
+
+
+def _linear(classes: int, d: int = 20, seed: int = 0):
+    """A linear model and inputs in the middle of the box (the box does not bind)."""
+    torch.manual_seed(seed)
+    lin = nn.Linear(d, classes)
+    with torch.no_grad():
+        lin.weight.mul_(3.0)
+    model = nn.Sequential(lin).eval()
+    x = 0.4 + 0.2 * torch.rand(16, d)
+    return model, x, model(x).argmax(1).detach()
+
+
+def _exact(model, x, y, norm):
+    """min over classes of the distance to the hyperplane f_y = f_k (exact for linear models)."""
+    w, z = model[0].weight.detach(), model(x).detach()
+    out = []
+    for i in range(x.shape[0]):
+        dists = [(z[i, y[i]] - z[i, k]) / ((w[y[i]] - w[k]).abs().sum() if norm == "linf"
+                                             else (w[y[i]] - w[k]).norm())
+                 for k in range(w.shape[0]) if k != y[i]]
+        out.append(min(dists))
+    return torch.stack(out)
+
+
+def _gen(seed: int = 1) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("name,kw", MINIMAL)
+@pytest.mark.parametrize("search", [20, 0])
+def test_exact_minimal_distance_on_linear_model(norm, name, kw, search):
+    model, x, y = _linear(3)
+    threat = ThreatModel(norm=norm, eps=0.0, bounds=(0.0, 1.0))
+    r = run_attack(name, model, x, y, threat, generator=_gen(), boundary_search=search, **kw)
+    ref = _exact(model, x, y, norm)
+    assert bool(r.success.all())
+    # without the final search FAB ends within its beta step of the boundary, FMN within gamma
+    tol = 0.02 if search else 0.06
+    assert torch.allclose(r.extra["min_norm"], ref, rtol=tol)
+    assert bool((r.extra["min_norm"] >= ref * (1 - 1e-4)).all())  # nothing beats the exact distance
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_fmn_logit_difference_on_two_classes(norm):
+    model, x, y = _linear(2)
+    threat = ThreatModel(norm=norm, eps=0.0, bounds=(0.0, 1.0))
+    r = run_attack("fmn", model, x, y, threat, loss="cw")
+    assert torch.allclose(r.extra["min_norm"], _exact(model, x, y, norm), rtol=0.02)
+    with pytest.raises(UserInputError, match="DLR"):
+        run_attack("fmn", model, x, y, threat)  # DLR needs 3 classes: the message names the fix
+
+
+def _small_cnn():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    x = torch.rand(10, 1, 8, 8)
+    x[:, :, :2] = 0.0  # on the box face, where the box binds
+    return model, x, model(x).argmax(1).detach()
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.3)])
+@pytest.mark.parametrize("name,kw", [("fab", {"restarts": 2}), ("fab-t", {"n_target_classes": 3}), ("fmn", {})])
+def test_box_batch_invariance_and_seed(norm, eps, name, kw):
+    model, x, y = _small_cnn()
+    threat = ThreatModel(norm=norm, eps=eps, bounds=(0.0, 1.0))
+    whole = run_attack(name, model, x, y, threat, generator=_gen(), steps=20, **kw)
+    split = run_attack(name, model, x, y, threat, generator=_gen(), steps=20, batch_size=4, **kw)
+    again = run_attack(name, model, x, y, threat, generator=_gen(), steps=20, **kw)
+    assert bool(((whole.x_adv >= 0) & (whole.x_adv <= 1)).all())
+    assert torch.equal(whole.x_adv, again.x_adv) and torch.equal(whole.success, again.success)
+    assert torch.equal(whole.success, split.success)
+    # the same up to the model's own rounding across batch sizes (about 1e-8 in the logits here)
+    assert torch.allclose(whole.x_adv, split.x_adv, atol=1e-4)
+    assert torch.allclose(whole.extra["min_norm"], split.extra["min_norm"], rtol=1e-3)
+    assert bool((whole.norm[whole.success] <= eps * (1 + 1e-5)).all())
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("name,kw", [("fab", {}), ("fmn", {"loss": "cw"})])
+def test_targeted_reaches_target(norm, name, kw):
+    model, x, y = _linear(4)
+    target = (model(x).argsort(dim=1)[:, 0]).detach()  # the least likely class
+    threat = ThreatModel(norm=norm, eps=0.0, bounds=(0.0, 1.0), targeted=True)
+    r = run_attack(name, model, x, target, threat, generator=_gen(), **kw)
+    assert bool(r.success.all())
+    assert torch.equal(model(r.x_adv).argmax(1), target)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_projection_exact_on_box(norm):
+    """On the hyperplane, in the box, and no random feasible point on the plane is closer."""
+    torch.manual_seed(0)
+    t = torch.rand(100, 15)
+    t[:, :4], t[:, 4:8] = 0.0, 1.0
+    w, c = torch.randn(100, 15), torch.randn(100)
+    d = project_hyperplane_box(t, w, c, norm, 0.0, 1.0)
+    on_plane = ((w * d).sum(1) - c).abs() < 1e-4
+    assert int(on_plane.sum()) > 30
+    assert bool((((t + d) >= -1e-6) & ((t + d) <= 1 + 1e-6)).all(1)[on_plane].all())
+    size = (lambda v: v.abs().amax(1)) if norm == "linf" else (lambda v: v.norm(dim=1))
+    for _ in range(300):
+        dz = torch.rand(100, 15) - t  # segment to a random box point, cut at the plane
+        s = c / (w * dz).sum(1)
+        ok = (s > 0) & (s <= 1) & on_plane
+        assert not bool((ok & (size(s[:, None] * dz) < size(d) - 1e-5)).any())
+
+
+def test_parameter_errors_name_the_fix():
+    model, x, y = _linear(3)
+    threat = ThreatModel(norm="l2", eps=0.0, bounds=(0.0, 1.0))
+    with pytest.raises(UserInputError, match="schedule"):
+        run_attack("fmn", model, x, y, threat, schedule="step")
+    with pytest.raises(UserInputError, match="beta"):
+        run_attack("fab", model, x, y, threat, beta=0.0)
+    with pytest.raises(UserInputError, match="fab-t picks its own targets"):
+        run_attack("fab-t", model, x, y, ThreatModel(norm="l2", eps=0.0, bounds=(0.0, 1.0), targeted=True))
