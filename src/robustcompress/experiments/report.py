@@ -287,8 +287,13 @@ def _html_table(title: str, h: list[str], rs: list[list[str]], level: str = "h3"
 def _write_html(data, out_dir: Path, intro: str, sections: list[dict], plots: dict[str, Path]) -> Path:
     """Leaderboard and legend, the Pareto plot, then one section per protocol/measure."""
     e = html.escape
-    fig = lambda name: (f"<figure><img src=\"plots/{e(plots[name].name)}\" alt=\"{e(name)}\" loading=\"lazy\">"  # noqa: E731
-                        f"<figcaption>{e(name)}</figcaption></figure>") if name in plots else ""
+
+    def fig(name: str) -> str:
+        if name not in plots:
+            return ""
+        return (f"<figure><img src=\"plots/{e(plots[name].name)}\" alt=\"{e(name)}\" loading=\"lazy\">"
+                f"<figcaption>{e(name)}</figcaption></figure>")
+
     header, rows = leaderboard(data)
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
