@@ -235,31 +235,50 @@ _HEADERS = {"eps_label": "eps", "clean_acc": "clean", "robust_acc": "robust", "f
 
 
 def _print_rows(console, rows: list[dict], metrics: bool, title: str) -> None:
-    """The rows as a table readable at 80 columns: names printed literally (``tensor[theta=0.9]``
-    is not console markup), numbers and variant names whole, other long cells folded onto more
-    lines instead of cut; a column with one value in every row goes to the title."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
+    """The rows as a table readable at the console's width (80 columns too): names printed
+    literally (``tensor[theta=0.9]`` is not console markup), numbers and variant names whole; a
+    column with one value in every row goes to the title, and when the table is still too wide
+    the least needed columns are left out (named in the caption; ``--export`` has them all)."""
     cols = ["variant", "key", "value"] if metrics else [
         c for c in _RESULT_COLS if any(r.get(c) is not None for r in rows)]
     same = {c: _fmt(rows[0].get(c)) for c in cols if len(rows) > 1 and c not in
             ("variant", "robust_acc", "key", "value") and len({_fmt(r.get(c)) for r in rows}) == 1}
     cols = [c for c in cols if c not in same]
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     note = ", ".join(f"{_HEADERS.get(c, c)} {v}" for c, v in same.items())
-    table = Table(title=Text(f"{title} ({len(rows)} rows" + (f"; all {note})" if note else ")")),
-                  box=box.SIMPLE_HEAD, show_edge=False)
+    title = f"{title} ({len(rows)} rows" + (f"; all {note})" if note else ")")
+    dropped: list[str] = []
+    table = _rows_table(rows, cols, title, dropped)
+    wide = console.options.update_width(10_000)  # the natural width, not clamped to the console's
+    for c in ("mean_norm", "fooled_any", "run", "norm", "protocol"):
+        if console.measure(table, options=wide).maximum <= console.width:
+            break
+        if c in cols:
+            cols.remove(c)
+            dropped.append(c)
+            table = _rows_table(rows, cols, title, dropped)
+    console.print(table)
+
+
+def _rows_table(rows: list[dict], cols: list[str], title: str, dropped: list[str]):
+    """A rich table of ``rows`` (cells as literal Text; long text cells fold)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    caption = f"not shown: {', '.join(dropped)} (--export writes every column)" if dropped else None
+    table = Table(title=Text(title), caption=Text(caption) if caption else None,
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for j, c in enumerate(cols):
         numeric = c not in ("variant", "protocol", "attack", "norm", "key", "value")
-        widest = max([len(row[j]) for row in cells] + [len(_HEADERS.get(c, c))])
-        keep = numeric or c == "variant"  # numbers and variant names stay whole (up to 24 chars)
+        widest = max([len(row[j]) for row in cells] + [1])
+        # numbers and variant names stay whole (names up to 24 characters), other text up to 10
+        keep = widest if numeric else min(widest, 24 if c == "variant" else 10)
         table.add_column(_HEADERS.get(c, c), overflow="fold", justify="right" if numeric else "left",
-                         min_width=min(widest, 24) if keep else None)
+                         min_width=keep)
     for row in cells:
         table.add_row(*[Text(v) for v in row])
-    console.print(table)
+    return table
 
 
 def _fmt(v) -> str:
