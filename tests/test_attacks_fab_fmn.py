@@ -130,3 +130,37 @@ def test_parameter_errors_name_the_fix():
         run_attack("fab", model, x, y, threat, beta=0.0)
     with pytest.raises(UserInputError, match="fab-t picks its own targets"):
         run_attack("fab-t", model, x, y, ThreatModel(norm="l2", eps=0.0, bounds=(0.0, 1.0), targeted=True))
+
+
+# ---------------------------------------------------------------- the standard protocol
+
+
+def test_standard_protocol_no_higher_than_apgd_ce(digits, digits_mlp):
+    from robustcompress.attacks.adaptive import evaluate_robustness
+    from robustcompress.attacks.standard import evaluate_standard, standard_battery
+
+    x, y = digits.test.x[:60], digits.test.y[:60]
+    threat = ThreatModel.from_spec("linf", 0.1, digits.info)
+    kw = dict(checks=False, progress=False, apgd_steps=20, square_queries=200)
+    alone = evaluate_robustness(digits_mlp, x, y, threat, generator=_gen(0),
+                                attacks=[("apgd-ce", "apgd", {"loss": "ce", "steps": 20})], **kw)
+    std = evaluate_standard(digits_mlp, x, y, threat, generator=_gen(0), **kw)
+    assert [a.label for a in std.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert std.settings["protocol"] == "standard"
+    assert std.robust_accuracy <= alone.robust_accuracy
+    rand = [label for label, _, _ in standard_battery(threat, 10, stochastic=True)]
+    assert rand == ["apgd-ce", "apgd-dlr"]
+    assert [lab for lab, _, _ in standard_battery(threat.with_eps(0.1), 3, False)] == ["apgd-ce", "fab-t", "square"]
+
+
+def test_protocol_option_selects_standard(digits, digits_mlp):
+    from robustcompress.experiments.protocols.adaptive import adaptive_evaluation
+
+    part = digits.test.sample(30)
+    kw = dict(device="cpu", seed=0, norm="linf", eps="0.1", checks=False, progress=False,
+              apgd_steps=5, square_queries=50)
+    rep = adaptive_evaluation(digits_mlp, part, digits.info, protocol="standard", **kw)
+    assert rep.settings["protocol"] == "standard"
+    assert [a.label for a in rep.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    with pytest.raises(UserInputError, match="--protocol"):
+        adaptive_evaluation(digits_mlp, part, digits.info, protocol="autoattack", **kw)

@@ -48,7 +48,7 @@ from robustcompress.attacks.registry import get_attack, run_attack, validate_att
 from robustcompress.attacks.seeds import child_generator, draw_seed
 from robustcompress.attacks.threat import ThreatModel
 from robustcompress.attacks.validation import check_batch_and_dtype, check_logits, check_within_threat
-from robustcompress.attacks.verdicts import judge, prediction, reached_goal
+from robustcompress.attacks.verdicts import judge, prediction, reached_goal, within_budget
 from robustcompress.errors import UserInputError
 from robustcompress.nn.protocol import model_properties, straight_through
 from robustcompress.nn.ste import check_surrogate as _check_surrogate
@@ -377,6 +377,9 @@ def _cascade_step(run: _Run, state: _Cascade, i: int, entry: tuple, surrogate_mo
         # independent re-evaluation of every adversarial: fresh draws, exact forward
         success, any_draw, _ = judge(run.model, res.x_adv, run.y[idx], run.threat, run.mc,
                                      _new_generator(reeval_seed, run.dev), run.batch_size)
+        if spec.kind == "minimal" and run.threat.eps > 0:  # its point may lie beyond eps (FAB, C&W)
+            fits = within_budget(run.threat.norm_of(res.x_adv - run.x[idx]), run.threat.eps)
+            success, any_draw = success & fits, any_draw & fits
         check_within_threat(res.x_adv[success], run.x[idx][success], run.threat, label)
         state.robust[idx[success]] = False
         state.broken_by[idx[success]] = i

@@ -17,6 +17,9 @@ from robustcompress.cli_options import (
 def evaluate_adaptive_cmd(
     checkpoint: str = typer.Option(..., help="Checkpoint stem written by `robustcompress train`."),
     norm: str = typer.Option("linf", help="linf | l2."),
+    protocol: str = typer.Option("adaptive", help="adaptive (APGD-CE/DLR, Square, transfer) | "
+                                 "standard (AutoAttack's: APGD-CE, APGD-T, FAB-T, Square; "
+                                 "APGD-CE/DLR with EOT-20 for randomized models)."),
     eps: str = typer.Option(..., help="Budget in input units (0.3, 8/255) or on --eps-scale."),
     eps_scale: Optional[float] = typer.Option(None, help="Give --eps on this scale, e.g. 255."),
     split: str = typer.Option("test", help="test | train."),
@@ -49,6 +52,9 @@ def evaluate_adaptive_cmd(
 
     Example: robustcompress evaluate-adaptive --checkpoint runs/lenet5 --eps 0.3 --limit 500
 
+    Example (AutoAttack's standard protocol): robustcompress evaluate-adaptive --checkpoint
+    runs/lenet5 --eps 0.3 --protocol standard
+
     Example (a randomized defense, budget grown until the number settles):
     robustcompress evaluate-adaptive --checkpoint runs/sap --eps 2/255 --converge --eot 5 --eot-cap 80
     """
@@ -62,7 +68,8 @@ def evaluate_adaptive_cmd(
         seed=seed, norm=norm, eps=eps, eps_scale=eps_scale, json_path=path, eot_samples=eot,
         mc_samples=mc, bpda=bpda, n_restarts=restarts, apgd_steps=apgd_steps,
         square_queries=square_queries, checks=checks, batch_size=batch_size, max_rows=max_rows,
-        converge={"eot_start": eot or 5, "eot_cap": eot_cap, "tol": converge_tol} if converge else None)
+        converge={"eot_start": eot or 5, "eot_cap": eot_cap, "tol": converge_tol} if converge else None,
+        protocol=protocol)
     console = Console()
     for point in (report.settings.get("convergence") or {}).get("curve", []) if converge else []:
         console.print(f"EOT {point['eot_samples']:>4}, APGD {point['apgd_steps']:>4} steps: "

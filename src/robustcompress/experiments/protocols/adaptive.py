@@ -1,6 +1,8 @@
 """The adaptive robustness evaluation of a checkpoint (APGD-CE/DLR, Square, transfer; EOT for
 stochastic and BPDA for non-differentiable models; gradient-masking checks), optionally grown
-until the number converges. ``evaluate --adaptive`` and ``evaluate-adaptive`` both call this."""
+until the number converges, or AutoAttack's ``standard`` protocol on the same cascade
+(``protocol="standard"``, :mod:`robustcompress.attacks.standard`). ``evaluate --adaptive`` and
+``evaluate-adaptive`` both call this."""
 
 from __future__ import annotations
 
@@ -10,14 +12,19 @@ from typing import Optional
 
 from robustcompress.errors import UserInputError
 
+#: the evaluation protocols: our adaptive cascade, or AutoAttack's standard version on it
+PROTOCOLS = ("adaptive", "standard")
+
 
 def adaptive_evaluation(model, split, info, *, device, seed: int, norm: str, eps: Optional[str],
                         eps_scale: Optional[float] = None, surrogate=None,
-                        converge: Optional[dict] = None, json_path: Optional[Path] = None, **kw):
+                        converge: Optional[dict] = None, json_path: Optional[Path] = None,
+                        protocol: str = "adaptive", **kw):
     """Evaluate ``model`` on ``split`` (a :class:`robustcompress.data.info.Split`) and return the
     report (written as JSON to ``json_path`` if given); ``converge`` = {"eot_start", "eot_cap",
     "tol"} grows EOT and APGD steps until the robust accuracy settles; ``kw`` goes to
-    ``evaluate_robustness``."""
+    ``evaluate_robustness``; ``protocol="standard"``: AutoAttack's standard (randomized for
+    stochastic models) battery instead of the adaptive one."""
     import torch
 
     from robustcompress.attacks import ThreatModel
@@ -27,10 +34,19 @@ def adaptive_evaluation(model, split, info, *, device, seed: int, norm: str, eps
     if eps is None:
         raise UserInputError("the adaptive evaluation needs a budget: pass --eps, e.g. --eps 8/255 "
                              "(images) or --eps 0.03")
+    if protocol not in PROTOCOLS:
+        raise UserInputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "standard" and (converge is not None or surrogate is not None):
+        raise UserInputError("the standard protocol fixes its battery: drop --converge and "
+                             "--surrogate, or use --protocol adaptive")
     threat = ThreatModel.from_spec(norm, eps, info, eps_scale=eps_scale)
     x, y = split.x.to(device), split.y.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    if converge is not None:
+    if protocol == "standard":
+        from robustcompress.attacks.standard import evaluate_standard
+
+        report = evaluate_standard(model, x, y, threat, generator=gen, **kw)
+    elif converge is not None:
         kw.pop("eot_samples", None)
         report = evaluate_until_converged(model, x, y, threat, surrogate_model=surrogate,
                                           generator=gen, **converge, **kw)
