@@ -326,24 +326,53 @@ class Runner(UnitWork):
                      + (", adaptive" if self.cfg.evaluation.adaptive else "")
                      + (", r_2" if self.cfg.evaluation.minimal else ""))
             v.model.eval()
-            self._unit(store, "metrics", v, [], lambda w, v=v: self.variant_metrics(w, v, x, y))
-            self._unit(store, "clean", v, [], lambda w, v=v: self.clean_eval(w, v, x, y))
-            labels = paper_labels(self.cfg.evaluation.paper)
-            for threat, eps_label in self.threats():
-                for item, label in zip(self.cfg.evaluation.paper, labels):
-                    if item.norm and item.norm != threat.norm:
-                        continue
-                    for run in range(self.cfg.evaluation.runs):
-                        self._unit(store, "paper", v, [item.model_dump(), threat.norm, eps_label, run],
-                                   lambda w, v=v, item=item, t=threat, e=eps_label, r=run, lab=label:
-                                   self.paper_attack(w, v, x, y, item, t, e, r, lab))
-                if self.cfg.evaluation.adaptive and self._adaptive_eps(eps_label):
-                    sur = surrogate if (surrogate is not None and v.label != self.cfg.evaluation.transfer_from) else None
-                    self._unit(store, "adaptive", v, [threat.norm, eps_label, sur is not None],
-                               lambda w, v=v, t=threat, e=eps_label, s=sur: self.adaptive(w, v, x, y, t, e, s))
-            for attack in self.cfg.evaluation.minimal:
-                self._unit(store, "minimal", v, [attack],
-                           lambda w, v=v, a=attack: self.minimal(w, v, x, y, a))
+            self._run_units(store, v, self._variant_units(v, x, y, surrogate))
+
+    def _variant_units(self, v: Variant, x, y, surrogate) -> list[tuple[str, str, list, Callable]]:
+        """``(kind, description, spec, fn)`` of every evaluation unit of ``v``, in run order."""
+        ev = self.cfg.evaluation
+        units: list[tuple[str, str, list, Callable]] = [
+            ("metrics", "metrics", [], lambda w, v=v: self.variant_metrics(w, v, x, y)),
+            ("clean", "clean", [], lambda w, v=v: self.clean_eval(w, v, x, y))]
+        labels = paper_labels(ev.paper)
+        for threat, eps_label in self.threats():
+            for item, label in zip(ev.paper, labels):
+                if item.norm and item.norm != threat.norm:
+                    continue
+                for run in range(ev.runs):
+                    what = f"paper {label} {threat.norm} {eps_label}" + (f" run {run}" if ev.runs > 1 else "")
+                    units.append(("paper", what, [item.model_dump(), threat.norm, eps_label, run],
+                                  lambda w, v=v, item=item, t=threat, e=eps_label, r=run, lab=label:
+                                  self.paper_attack(w, v, x, y, item, t, e, r, lab)))
+            if ev.adaptive and self._adaptive_eps(eps_label):
+                sur = surrogate if (surrogate is not None and v.label != ev.transfer_from) else None
+                units.append(("adaptive", f"adaptive {threat.norm} {eps_label}",
+                              [threat.norm, eps_label, sur is not None],
+                              lambda w, v=v, t=threat, e=eps_label, s=sur: self.adaptive(w, v, x, y, t, e, s)))
+        for attack in ev.minimal:
+            units.append(("minimal", f"minimal {attack}", [attack],
+                          lambda w, v=v, a=attack: self.minimal(w, v, x, y, a)))
+        return units
+
+    def _run_units(self, store: ResultsStore, v: Variant, units: list) -> None:
+        """Runs ``v``'s units; after one that ran (and took a second or more, or after the
+        variant's last), a line with the variant's progress and an ETA (mean time of the units
+        run so far times the units left)."""
+        from robustcompress.progress import eta_seconds, format_eta
+
+        spent, ran = 0.0, 0
+        for k, (kind, what, spec, fn) in enumerate(units, 1):
+            before, t0 = self.units_run, time.perf_counter()
+            self._unit(store, kind, v, spec, fn)
+            if self.units_run == before:
+                continue  # already in the store
+            took = time.perf_counter() - t0
+            spent, ran = spent + took, ran + 1
+            if took < 1.0 and k < len(units):
+                continue  # quick units get no line of their own
+            eta = format_eta(eta_seconds(spent, ran, ran + len(units) - k))
+            self.log(f"[eval] {v.label}: {k}/{len(units)} units, {what} done in {took:.1f}s; "
+                     f"ETA {eta} for this variant")
 
     def _adaptive_eps(self, label: str) -> bool:
         wanted = self.cfg.evaluation.adaptive_eps
