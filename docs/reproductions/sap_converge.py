@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--mc", type=int, default=20)
     ap.add_argument("--square", type=int, default=100)
+    ap.add_argument("--tol", type=float, default=0.02, help="0: grow to the cap whatever happens")
     args = ap.parse_args()
     data = load_dataset("cifar10")
     dense = load_checkpoint(args.checkpoint).eval()
@@ -53,7 +54,7 @@ def main() -> None:
         t1 = time.time()
         rep = evaluate_until_converged(model, part.x, part.y, threat, surrogate_model=dense,
                                        eot_start=args.eot_start, eot_cap=args.eot_cap,
-                                       apgd_steps=args.steps, grow_steps=False, **kw)
+                                       apgd_steps=args.steps, grow_steps=False, tol=args.tol, **kw)
         out["results"].append({
             "eps_255": lam, "dense_clean": base.clean_accuracy, "dense_adaptive": base.robust_accuracy,
             "dense_seconds": t1 - t0, "sap_clean": rep.clean_accuracy,
@@ -74,7 +75,10 @@ def plot(out: dict, path: Path) -> None:
     for r in out["results"]:
         curve = r["sap_convergence"]["curve"]
         line, = ax.plot([p["eot_samples"] for p in curve], [100 * p["robust_accuracy"] for p in curve],
-                        "o-", label=f"SAP-100, {r['eps_255']:g}/255")
+                        "o-", label=f"SAP-100, {r['eps_255']:g}/255, worst case")
+        if all("whitebox_accuracy" in p for p in curve):
+            ax.plot([p["eot_samples"] for p in curve], [100 * p["whitebox_accuracy"] for p in curve],
+                    "s:", color=line.get_color(), label=f"SAP-100, {r['eps_255']:g}/255, APGD only")
         ax.axhline(100 * r["dense_adaptive"], ls="--", color=line.get_color(),
                    label=f"dense, {r['eps_255']:g}/255")
     ax.set_xscale("log", base=2)

@@ -56,6 +56,7 @@ def evaluate_until_converged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                      generator=gen, progress=progress, **kw)
         curve.append({"eot_samples": eot, "apgd_steps": steps,
                       "robust_accuracy": report.robust_accuracy,
+                      "whitebox_accuracy": _whitebox_accuracy(report),
                       "seconds": report.timings.get("total", math.nan)})
         if not is_stochastic(model) and not report.settings.get("undeclared_randomness"):
             break  # EOT does not apply
@@ -70,6 +71,13 @@ def evaluate_until_converged(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                       "converged": not flag.raised}
     report.flags.append(flag)
     return report
+
+
+def _whitebox_accuracy(report: RobustnessReport) -> float:
+    """Accuracy after the cascade's gradient attacks alone (before Square and transfer): the
+    part of the number EOT acts on."""
+    white = [a for a in report.attacks if a.kind in ("white-box", "minimal")]
+    return white[-1].robust_accuracy if white else report.clean_accuracy
 
 
 def _convergence_flag(curve: list[dict], tol: float, report: RobustnessReport) -> Flag:
