@@ -20,20 +20,11 @@ from robustcompress.attacks.cw import cw_l2_perturb, margin
 from robustcompress.attacks.deepfool import deepfool_perturb
 from robustcompress.errors import UserInputError
 from robustcompress.metrics.robustness_metrics import r_2
+from test_attacks_eval_minimal import linear_problem  # one definition of the linear oracle
 
 SEARCH_TOL = 2e-6  # 1.02 * 2**-20 plus float64 rounding
 
 
-def linear_problem(num_classes: int, dim: int = 20, batch: int = 16, seed: int = 0,
-                   dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    lin = nn.Linear(dim, num_classes).to(dtype)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(num_classes, dim, generator=g, dtype=dtype))
-        lin.bias.copy_(0.1 * torch.randn(num_classes, generator=g, dtype=dtype))
-    lin.requires_grad_(False)
-    x = 0.35 + 0.3 * torch.rand(batch, dim, generator=g, dtype=dtype)
-    return lin, x, lin(x).argmax(1)
 
 
 def exact_distance(lin: nn.Linear, x: torch.Tensor, y: torch.Tensor, dual_p: float) -> torch.Tensor:
