@@ -164,3 +164,32 @@ def test_protocol_option_selects_standard(digits, digits_mlp):
     assert [a.label for a in rep.attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     with pytest.raises(UserInputError, match="--protocol"):
         adaptive_evaluation(digits_mlp, part, digits.info, protocol="autoattack", **kw)
+
+
+def test_config_standard_protocol_gets_its_own_leaderboard_column(tmp_path):
+    """evaluation.standard: a `standard` row per variant and eps, shown as its own column, no
+    higher than the adaptive worst case's APGD-CE-only counterpart would allow (<= clean)."""
+    import yaml
+
+    from robustcompress.experiments import load_config, run_experiment
+    from robustcompress.experiments.report import leaderboard
+    from robustcompress.experiments.report_data import gather
+    from robustcompress.experiments.store import ResultsStore
+
+    cfg = {"name": "std", "seed": 1, "threads": 1, "output_dir": str(tmp_path / "run"),
+           "dataset": {"name": "digits", "train_limit": 300},
+           "model": {"name": "lenet300"}, "training": {"epochs": 2, "optimizer": "adam", "lr": 0.003},
+           "evaluation": {"n_samples": 30, "batch_size": 30, "threats": [{"norm": "linf", "eps": [0.1]}],
+                          "paper": [{"attack": "fgsm"}], "adaptive": False, "standard": True},
+           "metrics": {"calibration": False, "spectral": False}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = load_config(tmp_path / "c.yaml")
+    summary = run_experiment(loaded, progress=False, report=False)
+    with ResultsStore(tmp_path / "run" / "results.db") as store:
+        rows = store.results(protocol="standard", units=summary.unit_keys)
+        data = gather(store, loaded, summary.variants, summary.unit_keys)
+    assert {r["attack"] for r in rows} >= {"apgd-ce", "apgd-t", "fab-t", "square", "worst-case"}
+    header, board = leaderboard(data)
+    assert "@0.1 standard %" in header
+    worst = next(r for r in rows if r["attack"] == "worst-case")
+    assert worst["robust_acc"] <= worst["clean_acc"]

@@ -187,6 +187,8 @@ def evaluate_cmd(
     eps: Optional[str] = typer.Option(None, help="Budget of --adaptive in input units or a fraction "
                                       "such as 8/255 (see --eps-scale)."),
     eps_scale: Optional[float] = typer.Option(None, help="Divide --eps by this (e.g. 255)."),
+    protocol: str = typer.Option("adaptive", help="Battery of --adaptive: adaptive | standard "
+                                 "(AutoAttack's standard version, as in evaluate-adaptive)."),
 ) -> None:
     """Clean accuracy of a checkpoint with per-class accuracy and the most confused pairs.
 
@@ -208,7 +210,7 @@ def evaluate_cmd(
     _render_confusion(ld.record, ld.info, split, confusion_summary(cm, ld.info.class_names, top=top))
     if adaptive:
         adaptive_evaluation(ld.model, part, ld.info, device=ld.device, seed=seed, norm=norm, eps=eps,
-                            eps_scale=eps_scale, mc_samples=mc).render(_console())
+                            eps_scale=eps_scale, mc_samples=mc, protocol=protocol).render(_console())
 
 
 def models_cmd() -> None:

@@ -21,7 +21,9 @@ from robustcompress.experiments.report_data import FLAG_HELP, METRIC_GLOSSARY, R
 Z95 = 1.96  # two-sided 95% normal quantile for the Wilson interval
 PROTOCOLS = ("paper = the attack settings of the paper being reproduced (e.g. one random draw per "
              "gradient step, single-draw predictions); adaptive = APGD-CE + APGD-DLR with EOT/BPDA, "
-             "Square and transfer, worst case per sample, MC-averaged predictions")
+             "Square and transfer, worst case per sample, MC-averaged predictions; standard = "
+             "AutoAttack's standard battery (APGD-CE, APGD-T, FAB-T, Square-5000; APGD-CE/DLR with "
+             "EOT-20 for randomized models), the number leaderboards such as RobustBench report")
 
 
 def _pct(v: Optional[float], s: Optional[float] = None, n: int = 1) -> str:
@@ -63,6 +65,9 @@ def leaderboard(data: ReportData) -> tuple[list[str], list[list[str]]]:
     paper = data.attacks("paper")
     header = ["variant", "clean %"] + [f"{a} @{eps} paper %" for a in paper]
     has_adaptive = bool(data.attacks("adaptive"))
+    has_standard = bool(data.attacks("standard"))
+    if has_standard:
+        header.append(f"@{eps} standard %")
     if has_adaptive:
         header.append(f"worst case @{eps} adaptive %")
     header += ["params (dense)", "non-zeros", "size", "MACs", "latency ms", "flags"]
@@ -70,7 +75,8 @@ def leaderboard(data: ReportData) -> tuple[list[str], list[list[str]]]:
     for v in data.variants:
         c = data.clean(v)
         row = [v, _acc(c, 0.0, 1, data.n_points(v)) if c is not None else "–"]
-        cells = [(a, "paper") for a in paper] + ([("worst-case", "adaptive")] if has_adaptive else [])
+        cells = ([(a, "paper") for a in paper] + ([("worst-case", "standard")] if has_standard else [])
+                 + ([("worst-case", "adaptive")] if has_adaptive else []))
         for a, protocol in cells:
             m, s, runs = data.robust(v, a, protocol, eps)
             row.append(_acc(m, s, runs, data.n_points(v, a, protocol, eps)))
@@ -178,6 +184,10 @@ def _sections(data: ReportData) -> list[dict]:
                     "tables": [(f"{a}: robust accuracy % (paper protocol)",) + _eps_table(data, a, "paper")
                                for a in data.attacks("paper")],
                     "plots": [f"acc_vs_eps_{a}" for a in data.attacks("paper")]})
+    if data.attacks("standard"):
+        out.append({"title": "Standard protocol (AutoAttack)", "text": [PROTOCOLS.split("; ")[-1] + "."],
+                    "tables": [("standard protocol: robust accuracy % (worst case over the battery)",)
+                               + _eps_table(data, "worst-case", "standard")], "plots": []})
     if data.attacks("adaptive"):
         out.append(_adaptive_section(data))
     minimal = [r for r in data.results if r["protocol"] == "minimal"]

@@ -89,7 +89,7 @@ class ReportData:
     def eps_labels(self) -> list[str]:
         seen: dict[str, float] = {}
         for r in self.results:
-            if r["protocol"] in ("paper", "adaptive"):
+            if r["protocol"] in ("paper", "adaptive", "standard"):
                 seen.setdefault(r["eps_label"], r["eps"])
         return [k for k, _ in sorted(seen.items(), key=lambda kv: kv[1])]
 

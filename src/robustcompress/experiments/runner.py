@@ -323,6 +323,7 @@ class Runner(UnitWork):
         surrogate = next((v.model for v in variants if v.label == self.cfg.evaluation.transfer_from), None)
         for i, v in enumerate(variants, 1):
             self.log(f"[eval] {v.label} ({i}/{len(variants)}): metrics, clean, paper protocol"
+                     + (", standard" if self.cfg.evaluation.standard else "")
                      + (", adaptive" if self.cfg.evaluation.adaptive else "")
                      + (", r_2" if self.cfg.evaluation.minimal else ""))
             v.model.eval()
@@ -344,6 +345,9 @@ class Runner(UnitWork):
                     units.append(("paper", what, [item.model_dump(), threat.norm, eps_label, run],
                                   lambda w, v=v, item=item, t=threat, e=eps_label, r=run, lab=label:
                                   self.paper_attack(w, v, x, y, item, t, e, r, lab)))
+            if ev.standard and self._adaptive_eps(eps_label):
+                units.append(("standard", f"standard {threat.norm} {eps_label}", [threat.norm, eps_label],
+                              lambda w, v=v, t=threat, e=eps_label: self.standard(w, v, x, y, t, e)))
             if ev.adaptive and self._adaptive_eps(eps_label):
                 sur = surrogate if (surrogate is not None and v.label != ev.transfer_from) else None
                 units.append(("adaptive", f"adaptive {threat.norm} {eps_label}",

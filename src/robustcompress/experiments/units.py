@@ -74,7 +74,8 @@ class NullWriter:
         pass
 
 
-def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: float) -> list[ResultRow]:
+def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: float,
+                  protocol: str = "adaptive") -> list[ResultRow]:
     """Rows of one adaptive unit from its per-batch :class:`RobustnessReport` s.
 
     One row per attack of the cascade with the accuracy *after* that attack (the cascade only
@@ -93,12 +94,12 @@ def adaptive_rows(reports: list, label: str, threat, eps_label: str, seconds: fl
     rows = []
     for i, name in enumerate(labels):
         robust_i = clean & ((broken == -1) | (broken > i))
-        rows.append(ResultRow(label, name, "adaptive", threat.norm, threat.eps, eps_label, 0, n,
+        rows.append(ResultRow(label, name, protocol, threat.norm, threat.eps, eps_label, 0, n,
                               clean_acc=clean.float().mean().item(), robust_acc=robust_i.float().mean().item(),
                               seconds=sum(r.attacks[i].seconds for r in reports)))
     from robustcompress.attacks.robustness_report import jsonable
 
-    rows.append(ResultRow(label, "worst-case", "adaptive", threat.norm, threat.eps, eps_label, 0, n,
+    rows.append(ResultRow(label, "worst-case", protocol, threat.norm, threat.eps, eps_label, 0, n,
                           clean_acc=clean.float().mean().item(), robust_acc=worst.float().mean().item(),
                           fooled_any=fooled.float().mean().item(), seconds=seconds,
                           extra={"settings": jsonable(settings), "masking_flags": flags,
@@ -221,6 +222,25 @@ class UnitWork:
 
         reports = self._per_batch(["adaptive", v.key, threat.norm, eps_label], x, y, one)
         for row in adaptive_rows(reports, v.label, threat, eps_label, time.perf_counter() - t0):
+            w.add_result(row)
+
+    def standard(self, w, v, x, y, threat, eps_label: str) -> None:
+        """AutoAttack's standard protocol (:func:`robustcompress.attacks.standard.evaluate_standard`:
+        APGD-CE, APGD-T, FAB-T, Square-5000; its randomized version for stochastic models)."""
+        from robustcompress.attacks.standard import evaluate_standard
+
+        ev = self.cfg.evaluation
+        t0 = time.perf_counter()
+
+        def one(xb, yb, g, b):
+            rep = evaluate_standard(v.model, xb, yb, threat, mc_samples=ev.mc_samples,
+                                    checks=False, generator=g, progress=False)
+            rep.x_adv = None
+            return rep
+
+        reports = self._per_batch(["standard", v.key, threat.norm, eps_label], x, y, one)
+        for row in adaptive_rows(reports, v.label, threat, eps_label, time.perf_counter() - t0,
+                                 protocol="standard"):
             w.add_result(row)
 
     def minimal(self, w, v, x, y, attack: str) -> None:
