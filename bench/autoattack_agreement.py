@@ -58,6 +58,8 @@ def reference(model, x, y, eps: float, batch_size: int):
     t0 = time.perf_counter()
     adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     seconds = time.perf_counter() - t0
+    if isinstance(adv, tuple):  # pyautoattack returns (x_adv, ...) where fra31's returns x_adv
+        adv = adv[0]
     with torch.no_grad():
         robust = (model(adv).argmax(1) == y).cpu()
     # the reference's points must lie in the ball and the box for its number to count
