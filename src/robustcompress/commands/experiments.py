@@ -203,10 +203,14 @@ def results(
     metrics: bool = typer.Option(False, "--metrics", help="Show per-variant metrics instead of results."),
     all_units: bool = typer.Option(False, "--all", help="Every row in the store, also those of other "
                                    "configs run into the same folder (default: the last run's)."),
+    security: bool = typer.Option(False, "--security", help="Security curves as a table: robust "
+                                  "accuracy % against eps from the minimal distances (config "
+                                  "evaluation.security)."),
 ) -> None:
     """Query the results store of a run; export to CSV/JSON.
 
     Example: robustcompress results runs/demo --protocol adaptive --export adaptive.csv
+    Example: robustcompress results runs/demo --security
     """
     from rich.console import Console
 
@@ -225,6 +229,16 @@ def results(
         export_rows(rows, export)
         typer.echo(f"wrote {len(rows)} rows to {export}")
         return
+    if security:
+        from robustcompress.experiments.security import security_table
+
+        header, body = security_table(rows)
+        if not body:
+            raise UserInputError(f"{db} has no security curves; set evaluation.security: fmn (or fab, "
+                                 "deepfool) in the config and run it again")
+        rows = [dict(zip(header, r)) for r in body]
+        _print_table(Console(), header, body, f"{db}: robust accuracy % against eps (security curves)")
+        return
     _print_rows(Console(), rows, metrics, str(db))
 
 
@@ -232,6 +246,18 @@ def results(
 _RESULT_COLS = ["variant", "protocol", "attack", "norm", "eps_label", "run", "n", "clean_acc",
                 "robust_acc", "fooled_any", "mean_norm"]
 _HEADERS = {"eps_label": "eps", "clean_acc": "clean", "robust_acc": "robust", "fooled_any": "fooled"}
+
+
+def _print_table(console, header: list[str], body: list[list[str]], title: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, box=None, padding=(0, 1))
+    for h in header:
+        table.add_column(h, no_wrap=True, min_width=len(h))
+    for r in body:
+        table.add_row(*[Text(c) for c in r])
+    console.print(table)
 
 
 def _print_rows(console, rows: list[dict], metrics: bool, title: str) -> None:

@@ -117,9 +117,8 @@ class EvaluationSection(_Strict):
     transfer_from: Optional[str] = "base"  # surrogate for transfer attacks (a variant name or null)
     # grow EOT (from eot_samples) and APGD steps x2 until the adaptive number moves < converge_tol
     converge_eot: bool = False
-    # AutoAttack's standard protocol (APGD-CE, APGD-T, FAB-T, Square-5000) as its own column,
-    # at the adaptive eps; the randomized version (APGD-CE/DLR, EOT-20) for stochastic variants
-    standard: bool = False
+    standard: bool = False  # AutoAttack's standard battery as its own column (at the adaptive eps)
+    security: Optional[Literal["fmn", "fab", "deepfool"]] = None  # security curves from this attack
     eot_cap: int = Field(default=80, ge=1)
     converge_tol: float = Field(default=0.02, gt=0, lt=1)
 

@@ -320,6 +320,9 @@ def write_plots(data: ReportData, out: Path) -> dict[str, Path]:
             figs[f"acc_vs_eps_{a}"] = figure_accuracy_vs_eps(data, a, "paper")
         if data.attacks("adaptive"):
             figs["acc_vs_eps_worst-case"] = figure_accuracy_vs_eps(data, "worst-case", "adaptive")
+    from robustcompress.experiments.security import figure_security
+
+    figs["security_curves"] = figure_security(data, variant_styles(data.variants))
     figs.update(robustness_vs_sparsity=figure_robustness_vs_sparsity(data),
                 calibration=figure_calibration(data), spectral_norm=figure_spectral(data),
                 vulnerability=figure_vulnerability(data))

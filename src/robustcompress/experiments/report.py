@@ -184,6 +184,11 @@ def _sections(data: ReportData) -> list[dict]:
                     "tables": [(f"{a}: robust accuracy % (paper protocol)",) + _eps_table(data, a, "paper")
                                for a in data.attacks("paper")],
                     "plots": [f"acc_vs_eps_{a}" for a in data.attacks("paper")]})
+    if any(r["protocol"] == "security" for r in data.results):
+        out.append({"title": "Security curves", "tables": [], "plots": ["security_curves"],
+                    "text": ["Robust accuracy against eps from each point's minimal adversarial "
+                             "distance (no budget); diamonds mark what the standard (else adaptive) "
+                             "protocol measured at the config's eps."]})
     if data.attacks("standard"):
         out.append({"title": "Standard protocol (AutoAttack)", "text": [PROTOCOLS.split("; ")[-1] + "."],
                     "tables": [("standard protocol: robust accuracy % (worst case over the battery)",)

@@ -353,6 +353,10 @@ class Runner(UnitWork):
                 units.append(("adaptive", f"adaptive {threat.norm} {eps_label}",
                               [threat.norm, eps_label, sur is not None],
                               lambda w, v=v, t=threat, e=eps_label, s=sur: self.adaptive(w, v, x, y, t, e, s)))
+        if ev.security:
+            for norm in sorted({t.norm for t in ev.threats}):
+                units.append(("security", f"security {ev.security} {norm}", [norm, ev.security],
+                              lambda w, v=v, n=norm: self.security(w, v, x, y, n, ev.security)))
         for attack in ev.minimal:
             units.append(("minimal", f"minimal {attack}", [attack],
                           lambda w, v=v, a=attack: self.minimal(w, v, x, y, a)))

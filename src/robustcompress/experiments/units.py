@@ -243,6 +243,28 @@ class UnitWork:
                                  protocol="standard"):
             w.add_result(row)
 
+    def security(self, w, v, x, y, norm: str, attack: str) -> None:
+        """Per-sample minimal distances in ``norm`` (``attack`` without a budget: eps = the whole
+        box), for the security curve: 0 for points misclassified clean, None where none was found."""
+        from robustcompress.attacks import ThreatModel, run_attack
+
+        info = self.dataset.info
+        width = info.bounds[1] - info.bounds[0]
+        eps = width if norm == "linf" else width * float(torch.tensor(info.shape).prod()) ** 0.5
+        unbounded = ThreatModel.from_spec(norm=norm, eps=eps, info=info)
+
+        def one(xb, yb, g, b):
+            with torch.no_grad():
+                correct = (v.model(xb).argmax(1) == yb).cpu()
+            res = run_attack(attack, v.model, xb, yb, unbounded, generator=g)
+            return correct, res.success.cpu(), res.norm.cpu()
+
+        parts = self._per_batch(["security", v.key, norm, attack], x, y, one)
+        correct, found, norms = (torch.cat([p[i] for p in parts]) for i in range(3))
+        dist = [0.0 if not c else (float(d) if f else None) for c, f, d in zip(correct, found, norms)]
+        w.add_result(ResultRow(v.label, attack, "security", norm, 0.0, "curve", 0, len(dist),
+                               extra={"distances": dist}))
+
     def minimal(self, w, v, x, y, attack: str) -> None:
         """r_2 of Guo et al.: mean L2 norm of the minimal adversarial perturbation found by
         DeepFool or C&W on correctly classified points (absolute and relative to ||x||)."""
