@@ -246,7 +246,7 @@ class UnitWork:
     def security(self, w, v, x, y, norm: str, attack: str) -> None:
         """Per-sample minimal distances in ``norm`` (``attack`` without a budget: eps = the whole
         box), for the security curve: 0 for points misclassified clean, None where none was found."""
-        from robustcompress.attacks import ThreatModel, run_attack
+        from robustcompress.attacks import ThreatModel, get_attack, run_attack
 
         info = self.dataset.info
         width = info.bounds[1] - info.bounds[0]
@@ -256,7 +256,11 @@ class UnitWork:
         def one(xb, yb, g, b):
             with torch.no_grad():
                 correct = (v.model(xb).argmax(1) == yb).cpu()
-            res = run_attack(attack, v.model, xb, yb, unbounded, generator=g)
+            # randomized variants: the run's EOT/MC budgets (the library defaults cost 4x more)
+            draws = ({"eot_samples": self.cfg.evaluation.eot_samples}
+                     if "eot_samples" in get_attack(attack).parameters else {})
+            res = run_attack(attack, v.model, xb, yb, unbounded, generator=g,
+                             mc_samples=self.cfg.evaluation.mc_samples, **draws)
             return correct, res.success.cpu(), res.norm.cpu()
 
         parts = self._per_batch(["security", v.key, norm, attack], x, y, one)
