@@ -64,6 +64,16 @@ def paper_labels(items: list) -> list[str]:
     return labels
 
 
+def unbounded_threat(info, norm: str):
+    """A threat whose eps covers the whole input box (Linf: its width; L2: its diameter), for
+    minimal-perturbation attacks that should find the smallest adversarial with no budget."""
+    from robustcompress.attacks import ThreatModel
+
+    width = info.bounds[1] - info.bounds[0]
+    eps = width if norm == "linf" else width * math.prod(info.shape) ** 0.5
+    return ThreatModel.from_spec(norm=norm, eps=eps, info=info)
+
+
 class NullWriter:
     """Where ranks other than 0 write (rows are gathered to rank 0)."""
 
@@ -246,12 +256,9 @@ class UnitWork:
     def security(self, w, v, x, y, norm: str, attack: str) -> None:
         """Per-sample minimal distances in ``norm`` (``attack`` without a budget: eps = the whole
         box), for the security curve: 0 for points misclassified clean, None where none was found."""
-        from robustcompress.attacks import ThreatModel, get_attack, run_attack
+        from robustcompress.attacks import get_attack, run_attack
 
-        info = self.dataset.info
-        width = info.bounds[1] - info.bounds[0]
-        eps = width if norm == "linf" else width * float(torch.tensor(info.shape).prod()) ** 0.5
-        unbounded = ThreatModel.from_spec(norm=norm, eps=eps, info=info)
+        unbounded = unbounded_threat(self.dataset.info, norm)
 
         def one(xb, yb, g, b):
             with torch.no_grad():
@@ -272,12 +279,9 @@ class UnitWork:
     def minimal(self, w, v, x, y, attack: str) -> None:
         """r_2 of Guo et al.: mean L2 norm of the minimal adversarial perturbation found by
         DeepFool or C&W on correctly classified points (absolute and relative to ||x||)."""
-        from robustcompress.attacks import ThreatModel, run_attack
+        from robustcompress.attacks import run_attack
 
-        info = self.dataset.info
-        width = info.bounds[1] - info.bounds[0]
-        unbounded = ThreatModel.from_spec(norm="l2", eps=width * float(torch.tensor(info.shape).prod()) ** 0.5,
-                                          info=info)
+        unbounded = unbounded_threat(self.dataset.info, "l2")
         t0 = time.perf_counter()
 
         def one(xb, yb, g, b):
