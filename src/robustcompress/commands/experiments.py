@@ -98,6 +98,8 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N] (overrides the config)."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (overrides the config and $ROBUSTCOMPRESS_DATA)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the run (overrides the config's `seed:`); "
+                                       "the run folder then defaults to runs/<name>-seed<N>."),
 ) -> None:
     """Run a whole experiment: train, defend, attack, compare; resumable.
 
@@ -105,11 +107,21 @@ def run(
     evaluations), so an interrupted run loses at most the unit in progress.
 
     Example: robustcompress run configs/demo.yaml
+    Example: robustcompress run configs/demo.yaml --seed 1   (a second seed, in runs/demo-seed1)
     """
     from robustcompress.experiments import find_config, load_config, run_experiment
 
-    cfg = _overrides(load_config(find_config(config)), device, data_dir)
+    cfg = _with_seed(_overrides(load_config(find_config(config)), device, data_dir), seed)
     run_experiment(cfg, progress=progress, output_dir=output_dir)
+
+
+def _with_seed(cfg, seed: Optional[int]):
+    """``cfg`` with ``seed`` (if given) and its run folder suffixed ``-seed<N>``, so a second seed
+    never resumes from (or overwrites) the first seed's folder; ``--out`` still wins."""
+    if seed is None:
+        return cfg
+    folder = cfg.output_dir or str(Path("runs") / cfg.name)
+    return cfg.model_copy(update={"seed": seed, "output_dir": f"{folder}-seed{seed}"})
 
 
 def _overrides(cfg, device, data_dir):
