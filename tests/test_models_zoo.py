@@ -16,8 +16,8 @@ FSDD = DatasetInfo("fsdd", (1, 8000), 10, tuple("0123456789"), bounds=(-1.0, 1.0
                    sample_rate=8000)
 SPEECH = DatasetInfo("speech_commands", (1, 16000), 12, tuple("abcdefghijkl"), bounds=(-1.0, 1.0),
                      modality="audio", sample_rate=16000)
-IMAGE_MODELS = ["lenet300", "lenet5", "cnn4", "vgg", "vgg_sparse", "vgg16", "resnet20", "resnet18",
-                "wrn"]
+IMAGE_MODELS = ["lenet300", "lenet5", "cnn4", "vgg", "vgg_sparse", "vgg16", "resnet20", "resnet32",
+                "resnet18", "wrn"]
 CASES = [(m, i) for m in IMAGE_MODELS for i in (DIGITS, MNIST, CIFAR)] + [
     ("soundnet5", FSDD), ("soundnet5", SPEECH), ("lenet300", FSDD)]
 
@@ -109,6 +109,36 @@ def test_paper_shapes():
     assert sum(isinstance(x, nn.Conv2d) for x in r18.modules()) == 20
     w = build_model("wrn", CIFAR, depth=32, widen=1)
     assert len(w.layer1) == 5 and w.layer3[0].conv1.out_channels == 64
+
+
+# Published parameter counts on CIFAR-10 (10 classes), checked within 2%:
+# ResNet-20 / -32: He et al. 2016, table 6 (0.27 M / 0.46 M; option-A shortcuts are parameter-free).
+# VGG-16 with BN and the CIFAR head 512-512-10: 13 conv layers = 14.71 M (the VGG-16 conv stack,
+# Simonyan & Zisserman; BN replaces the conv biases, + 8 448 BN affine) + 2 x (512*512 + 512) +
+# 5 130 = 0.53 M for the head: 15.25 M (the usual "VGG-16 ~15 M" of CIFAR robustness papers).
+# WRN-28-10 36.5 M (Zagoruyko & Komodakis 2016, table 1); WRN-34-10 46.2 M (Madry et al. 2018's
+# CIFAR-10 model), which is also wrn(depth=32, widen=10) under He's 6n+2 count (n = 5).
+PAPER_PARAMS = [("resnet20", {}, 0.27e6), ("resnet32", {}, 0.46e6),
+                ("resnet20", {"depth": 32}, 0.46e6), ("vgg16", {}, 15.25e6),
+                ("wrn", {"depth": 28, "widen": 10}, 36.5e6), ("wrn", {"depth": 34, "widen": 10}, 46.2e6),
+                ("wrn", {"depth": 32, "widen": 10}, 46.2e6)]
+
+
+@pytest.mark.parametrize("name,kwargs,expected", PAPER_PARAMS,
+                         ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}" for n, k, _ in PAPER_PARAMS])
+def test_parameter_counts_match_published_figures(name, kwargs, expected):
+    with torch.device("meta"):  # shapes only: WRN-34-10 is never allocated
+        model = build_model(name, CIFAR, **kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - expected) / expected < 0.02, f"{name} {kwargs}: {n} parameters, expected ~{expected:.3g}"
+
+
+def test_resnet32_is_the_31_conv_resnet_of_guo_et_al():
+    m = build_model("resnet32", CIFAR)
+    mods = list(m.modules())
+    assert sum(isinstance(x, nn.Conv2d) for x in mods) == 31  # option A: no shortcut convs
+    assert sum(isinstance(x, nn.Linear) for x in mods) == 1
+    assert m.robustcompress_spec["model"] == "resnet32"
 
 
 @pytest.mark.parametrize("info", [FSDD, SPEECH])

@@ -1,7 +1,7 @@
 """Model zoo (registry by name). Importing this package registers every architecture.
 
 One file per family: :mod:`.lenet` (lenet300, lenet5), :mod:`.cnn` (cnn4), :mod:`.vgg` (vgg,
-vgg_sparse, vgg16), :mod:`.resnet` (resnet20, resnet18, wrn), :mod:`.soundnet` (soundnet5).
+vgg_sparse, vgg16), :mod:`.resnet` (resnet20, resnet32, resnet18, wrn), :mod:`.soundnet` (soundnet5).
 The contract every model follows is in :mod:`.base`. Users' own models (a factory function,
 optional weights, a declared input box) come through :mod:`.foreign`; :func:`build_from_spec`
 rebuilds either kind from ``model.robustcompress_spec``.

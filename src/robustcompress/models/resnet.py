@@ -1,7 +1,9 @@
-"""Residual networks: ResNet-20 (CIFAR style), ResNet-18 and wide ResNets.
+"""Residual networks: ResNet-20/32 (CIFAR style), ResNet-18 and wide ResNets.
 
 References: He et al., "Deep Residual Learning", CVPR 2016 (section 4.2: the CIFAR ResNet-6n+2
-with 16/32/64 filters and parameter-free "option A" shortcuts; ResNet-18 with 64..512 filters);
+with 16/32/64 filters and parameter-free "option A" shortcuts, 0.27 M / 0.46 M parameters for
+ResNet-20 / ResNet-32 (table 6); ResNet-32 is the sparse-DNNs paper's CIFAR-10 "ResNet with 31
+convolutional layers and a single fully-connected layer"; ResNet-18 with 64..512 filters);
 Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016 (pre-activation blocks, width k);
 Madry et al. 2018 / the weight-quantization paper's CIFAR-10 "wide ResNet-32" (5 blocks per stage,
 widths 160/320/640, i.e. ``wrn(depth=32, widen=10)``).
@@ -147,6 +149,12 @@ def resnet20(info: DatasetInfo, depth: int = 20, shortcut: str = "A") -> nn.Modu
         raise UserInputError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}")
     n = (depth - 2) // 6
     return ResNet(info, (16, 32, 64), (n, n, n), "basic", f"resnet{depth}", shortcut)
+
+
+@register_model("resnet32", "ResNet-32 CIFAR style (resnet20 with depth 32: 31 conv + 1 fc, 0.46 M)")
+def resnet32(info: DatasetInfo, shortcut: str = "A") -> nn.Module:
+    """CIFAR ResNet-32 (n = 5), Guo et al.'s CIFAR-10 ResNet; same network as ``resnet20(depth=32)``."""
+    return resnet20(info, depth=32, shortcut=shortcut)
 
 
 @register_model("resnet18", "ResNet-18 (64..512, CIFAR stem, 1x1-conv shortcuts)")
