@@ -141,6 +141,19 @@ def test_resnet32_is_the_31_conv_resnet_of_guo_et_al():
     assert m.robustcompress_spec["model"] == "resnet32"
 
 
+def test_vgg_width_multiplier_keeps_the_layer_plan():
+    full, quarter = build_model("vgg_sparse", CIFAR), build_model("vgg_sparse", CIFAR, width=0.25)
+    for m in (full, quarter):
+        mods = list(m.modules())
+        assert (sum(isinstance(x, nn.Conv2d) for x in mods), sum(isinstance(x, nn.Linear) for x in mods)) == (12, 2)
+    assert (quarter.conv1.out_channels, quarter.conv12.out_channels, quarter.fc1.out_features) == (16, 128, 128)
+    n_full, n_q = (sum(p.numel() for p in m.parameters()) for m in (full, quarter))
+    assert 0.05 < n_q / n_full < 0.08  # ~1/16: weights scale with width^2
+    assert build_model("vgg16", CIFAR, width=0.5).conv13.out_channels == 256
+    with pytest.raises(UserInputError, match="width"):
+        build_model("vgg_sparse", CIFAR, width=0)
+
+
 @pytest.mark.parametrize("info", [FSDD, SPEECH])
 def test_soundnet5_keeps_paper_layers_at_8k_and_16k(info):
     m = build_model("soundnet5", info)

@@ -6,6 +6,9 @@ CIFAR-10 net with 12 convolutional and 2 fully-connected layers). Guo et al. do 
 widths; ``vgg_sparse`` takes VGG-16's plan without its last 3x3 conv (64,64,M,128,128,M,
 256,256,256,M,512,512,512,M,512,512,M) and one hidden fc of 512, the usual CIFAR VGG head.
 
+``vgg_sparse`` and ``vgg16`` take a ``width`` multiplier (every conv and hidden fc width times
+``width``, at least 1), e.g. ``width=0.25`` for the CPU twins of the paper configs.
+
 Deviations: BatchNorm after every conv (CIFAR VGGs do not train from scratch without it; pass
 ``batch_norm=False`` for the plain version); a max-pool is skipped when the feature map is already
 1 pixel wide, so the same plan runs on 8x8 digits and 28x28 MNIST.
@@ -81,13 +84,25 @@ def vgg(
     return ZooSequential(layers, info.shape, name)
 
 
-@register_model("vgg_sparse", "VGG-like 12 conv + 2 fc of Guo et al. 2018 (BN)")
-def vgg_sparse(info: DatasetInfo, batch_norm: bool = True) -> nn.Module:
+def _preset(info: DatasetInfo, name: str, batch_norm: bool, width: float) -> nn.Module:
+    if not width > 0:
+        raise UserInputError(f"{name} width multiplier must be > 0, got {width}")
+    if width == 1:
+        return vgg(info, config=name, batch_norm=batch_norm)
+    plan = [p if p == "M" else max(1, round(int(p) * width)) for p in PLANS[name]]
+    model = vgg(info, config=plan, hidden=[max(1, round(h * width)) for h in HEADS[name]],
+                batch_norm=batch_norm)
+    model.arch_name = name
+    return model
+
+
+@register_model("vgg_sparse", "VGG-like 12 conv + 2 fc of Guo et al. 2018 (BN; width multiplier)")
+def vgg_sparse(info: DatasetInfo, batch_norm: bool = True, width: float = 1.0) -> nn.Module:
     """The 12-conv + 2-fc VGG-like CIFAR-10 net of Guo et al. (see module doc)."""
-    return vgg(info, config="vgg_sparse", batch_norm=batch_norm)
+    return _preset(info, "vgg_sparse", batch_norm, width)
 
 
-@register_model("vgg16", "VGG-16 (13 conv + 3 fc) with BatchNorm")
-def vgg16(info: DatasetInfo, batch_norm: bool = True) -> nn.Module:
+@register_model("vgg16", "VGG-16 (13 conv + 3 fc) with BatchNorm (width multiplier)")
+def vgg16(info: DatasetInfo, batch_norm: bool = True, width: float = 1.0) -> nn.Module:
     """VGG-16 (configuration D) with BN and a CIFAR-size head (512, 512, classes)."""
-    return vgg(info, config="vgg16", batch_norm=batch_norm)
+    return _preset(info, "vgg16", batch_norm, width)
