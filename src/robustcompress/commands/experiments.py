@@ -20,7 +20,8 @@ PAPERS = {
 
 
 def paper_configs(paper: str, scale: str) -> list:
-    """The shipped configs of ``paper`` at ``scale`` (e.g. tensorization-cpu, tensorization-audio-cpu)."""
+    """The shipped configs of ``paper`` at ``scale`` (e.g. tensorization-mnist-lenet5-cpu,
+    tensorization-fsdd-soundnet5-cpu)."""
     from robustcompress.experiments.api import list_configs
 
     prefix = PAPERS[paper][1]
