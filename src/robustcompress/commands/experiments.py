@@ -101,18 +101,29 @@ def run(
     progress: bool = typer.Option(True, help="Show progress bars."),
     seed: Optional[int] = typer.Option(None, help="Seed of the run (overrides the config's `seed:`); "
                                        "the run folder then defaults to runs/<name>-seed<N>."),
+    plan: bool = typer.Option(False, "--plan", help="List the units the run would run and estimate "
+                              "each stage's time on this device (a few timed steps), then exit."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Start without asking, however long the "
+                             "estimate (a run estimated over 2 h on a CPU asks first)."),
 ) -> None:
     """Run a whole experiment: train, defend, attack, compare; resumable.
 
     Re-running the same command skips every finished unit (trained models, defense variants,
-    evaluations), so an interrupted run loses at most the unit in progress.
+    evaluations), so an interrupted run loses at most the unit in progress. `--plan` shows what
+    is left and how long it should take, without running anything.
 
     Example: robustcompress run configs/demo.yaml
+    Example: robustcompress run sap-cifar10-resnet20-full --plan
     Example: robustcompress run configs/demo.yaml --seed 1   (a second seed, in runs/demo-seed1)
     """
-    from robustcompress.experiments import find_config, load_config, run_experiment
+    from robustcompress.experiments import find_config, load_config, plan_experiment, run_experiment
 
     cfg = _with_seed(_overrides(load_config(find_config(config)), device, data_dir), seed)
+    if plan:
+        _print_plan(plan_experiment(cfg, output_dir=output_dir))
+        return
+    if not yes and _may_ask(cfg):
+        _confirm_long_run(plan_experiment(cfg, output_dir=output_dir))
     run_experiment(cfg, progress=progress, output_dir=output_dir)
 
 
@@ -123,6 +134,59 @@ def _with_seed(cfg, seed: Optional[int]):
         return cfg
     folder = cfg.output_dir or str(Path("runs") / cfg.name)
     return cfg.model_copy(update={"seed": seed, "output_dir": f"{folder}-seed{seed}"})
+
+
+def _may_ask(cfg) -> bool:
+    """Only a single-process run on a CPU is estimated before it starts (a GPU run is not held
+    up, and the ranks of a torchrun job must not each calibrate and ask)."""
+    import os
+
+    from robustcompress.device import resolve_device
+
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 and resolve_device(cfg.device).type == "cpu"
+
+
+def _confirm_long_run(plan) -> None:
+    """Ask before a run estimated over the threshold on a CPU; refuse without a terminal."""
+    import sys
+
+    from robustcompress.errors import UserInputError
+
+    if not plan.needs_confirmation():
+        return
+    message = f"{plan.config}: {plan.summary()}"
+    if not sys.stdin.isatty():
+        raise UserInputError(f"{message}; not starting a run this long without a confirmation: pass "
+                             "--yes to start it (see the stages with --plan, or use --device cuda)")
+    typer.echo(message + " (see the stages with --plan)")
+    typer.confirm("Start it?", abort=True)
+
+
+def _print_plan(plan) -> None:
+    """The plan as a table (stage, units, done, work, estimated time), its legend and total."""
+    from rich.console import Console
+
+    from robustcompress.experiments.plan import format_duration
+
+    header = ["stage", "units", "done", "work", "time"]
+    body = [[s.name, str(s.units), str(s.done), _fmt_count(s.work),
+             "–" if s.seconds is None else format_duration(s.seconds)] for s in plan.stages]
+    console = Console()
+    _print_table(console, header, body, f"{plan.config}: the units of the run and their cost")
+    console.print("work: training steps (epochs x batches x the defense's cost per step) or attack "
+                  "passes (iterations x EOT draws x points / batch); time: the estimate, from a few "
+                  "timed steps of the base model on this device; done units cost nothing",
+                  markup=False, highlight=False)
+    console.print(f"total: {plan.summary()}", markup=False, highlight=False)
+    console.print(f"run folder: {plan.output_dir}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _fmt_count(n: float) -> str:
+    """``"980"``, ``"10.2k"``, ``"3.4M"``."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
 
 
 def _overrides(cfg, device, data_dir):
