@@ -34,6 +34,10 @@ MAX_REPEATS = 50
 TIMING_S = 0.25
 #: Iterations of the PGD call that measures an attack iteration's own overhead.
 PGD_STEPS = 10
+#: Attack overheads are timed only when a gradient pass on two inputs is quicker than this.
+OVERHEAD_MATTERS_S = 0.05
+#: A step slower than this (its warm-up call) is timed once more only.
+SLOW_STEP_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,15 +128,39 @@ def _attack_overheads(net: nn.Module, x: torch.Tensor, y: torch.Tensor, info, de
     (projection, bookkeeping: PGD-10 on two inputs, less its passes and one call)."""
     from robustcompress.attacks import ThreatModel, run_attack
 
-    threat = ThreatModel.from_spec(norm="linf", eps=0.01 * (info.bounds[1] - info.bounds[0]), info=info)
     n = min(2, len(y))
     grad, fwd = rates["grad"].batch_seconds(n), rates["forward"].batch_seconds(n)
+    if grad > OVERHEAD_MATTERS_S:  # a pass this long dwarfs any overhead: not worth timing
+        return Rate(0.0, 0.0), Rate(0.0, 0.0)
+    threat = ThreatModel.from_spec(norm="linf", eps=0.01 * (info.bounds[1] - info.bounds[0]), info=info)
     one = time_step(lambda: run_attack("fgsm", net, x[:n], y[:n], threat), device)
     call = max(0.0, one - grad - fwd)
     ten = time_step(lambda: run_attack("pgd", net, x[:n], y[:n], threat, steps=PGD_STEPS,
                                        early_stop=False), device)
     step = max(0.0, (ten - call - fwd) / PGD_STEPS - grad)
     return Rate(call, 0.0), Rate(step, 0.0)
+
+
+def affordable_batch(rate: Rate, batch: int) -> int:
+    """The largest batch up to ``batch`` whose pass at ``rate`` fits :data:`STEP_BUDGET_S`."""
+    return max(SMALL_BATCH, min(batch, int(STEP_BUDGET_S / max(rate.per_input_s, 1e-9))))
+
+
+def grad_seconds(model: nn.Module, info, device: torch.device, n: int) -> float:
+    """Seconds of one input-gradient pass of ``model`` (evaluation mode) over ``n`` random inputs
+    in ``info``'s box: :func:`~robustcompress.experiments.plan.plan_experiment` compares a
+    defended variant's with the base model's."""
+    gen = torch.Generator().manual_seed(1)
+    lo, hi = info.bounds
+    x = (lo + (hi - lo) * torch.rand((n, *info.shape), generator=gen)).to(device)
+    y = torch.randint(0, info.num_classes, (n,), generator=gen).to(device)
+    net = model.to(device).eval()
+
+    def step() -> None:
+        xi = x.clone().requires_grad_(True)
+        torch.autograd.grad(nn.functional.cross_entropy(net(xi), y), xi)
+
+    return time_step(step, device)
 
 
 def fit_rate(step: Callable[[int], None], target: int, device: torch.device) -> Rate:
@@ -156,14 +184,17 @@ def fit_rate(step: Callable[[int], None], target: int, device: torch.device) -> 
 
 
 def time_step(fn: Callable[[], None], device: torch.device) -> float:
-    """Median seconds of ``fn()`` after one warm-up call: at least :data:`REPEATS` calls, more
-    (up to :data:`MAX_REPEATS`) while they add up to under :data:`TIMING_S`, so that a step of a
-    millisecond is not judged by three samples of a busy machine (waits for a GPU each time)."""
+    """Median seconds of ``fn()`` after one warm-up call: at least :data:`REPEATS` calls (one if
+    the warm-up took over :data:`SLOW_STEP_S`), more (up to :data:`MAX_REPEATS`) while they add up
+    to under :data:`TIMING_S`, so that a step of a millisecond is not judged by three samples of
+    a busy machine (waits for a GPU each time)."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
     fn()
     sync()
+    least = 1 if time.perf_counter() - t0 > SLOW_STEP_S else REPEATS
     times: list[float] = []
-    while len(times) < REPEATS or (sum(times) < TIMING_S and len(times) < MAX_REPEATS):
+    while len(times) < least or (sum(times) < TIMING_S and len(times) < MAX_REPEATS):
         t0 = time.perf_counter()
         fn()
         sync()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from robustcompress.experiments.calibration import Calibration, Rate, calibrate
+from robustcompress.experiments.calibration import Calibration, Rate, affordable_batch, calibrate, grad_seconds
 from robustcompress.experiments.config import ExperimentConfig, expand_grid, stable_hash, variant_label
 from robustcompress.experiments.plan_costs import (
     STOCHASTIC_FORWARD,
@@ -36,6 +36,8 @@ from robustcompress.experiments.plan_costs import (
 
 #: Above this many estimated seconds on a CPU, ``robustcompress run`` asks before starting.
 CONFIRM_ABOVE_S = 2 * 3600.0
+#: At most this long is spent timing defended variants (see :func:`_variant_costs`).
+MEASURE_BUDGET_S = 10.0
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Plan:
     calibration: Optional[Calibration] = None
     unit_keys: list[str] = field(default_factory=list)  # evaluation units, in run order
     seconds_planning: float = 0.0
+    _variants: list = field(default_factory=list, repr=False)
 
     @property
     def total_seconds(self) -> Optional[float]:
@@ -133,7 +136,8 @@ def plan_experiment(cfg: ExperimentConfig, device: Optional[str] = None, calibra
         runner.dataset = _load_dataset(cfg)
         plan = _enumerate(runner)
         if calibrate:
-            plan.calibration = _calibrate(runner)
+            plan.calibration, model = _calibrate(runner)
+            _variant_costs(runner, plan._variants, model, plan.calibration)
             for stage in plan.stages:
                 stage.seconds = _seconds(stage.jobs, plan.calibration)
     finally:
@@ -161,8 +165,52 @@ def _calibrate(runner) -> Calibration:
     else:
         model = build_base(cfg.model, info)
     train = {"batch_size": 128, "optimizer": "adam", **cfg.training}
-    return calibrate(model, info, runner.device, train_batch=int(train["batch_size"]),
-                     eval_batch=cfg.evaluation.batch_size, optimizer=train["optimizer"])
+    cal = calibrate(model, info, runner.device, train_batch=int(train["batch_size"]),
+                    eval_batch=cfg.evaluation.batch_size, optimizer=train["optimizer"])
+    return cal, model
+
+
+def _variant_costs(runner, variants: list[_Planned], model, cal: Calibration) -> None:
+    """Each variant's pass cost relative to the base model's, set on its evaluation jobs: timed
+    on the defended base model when its defense trains nothing (SAP, noise layers, quantization:
+    built in a moment; at most :data:`MEASURE_BUDGET_S` of timing), else its parent's
+    (``STOCHASTIC_FORWARD`` for a stochastic variant with nothing timed)."""
+    measured: dict[tuple, Optional[float]] = {}
+    deadline = time.perf_counter() + MEASURE_BUDGET_S
+    n = affordable_batch(cal.grad, runner.cfg.evaluation.batch_size)
+    reference: list[float] = []  # the base model's pass, timed once, when first needed
+    for v in variants:  # parents before the variants built on them
+        cost = v.parent.cost if v.parent is not None else 1.0
+        if v.step is not None and not v.step[2]:
+            key = (v.step[0], json.dumps(v.step[1], sort_keys=True, default=str))
+            if key not in measured and time.perf_counter() < deadline:
+                measured[key] = _defense_cost(runner, model, v.step[0], v.step[1], n, reference)
+            cost = measured.get(key) or cost
+        elif v.stochastic and cost == 1.0:
+            cost = STOCHASTIC_FORWARD
+        v.cost = cost
+        for j in v.jobs:
+            j.cost = cost
+
+
+def _defense_cost(runner, model, method: str, params: dict, n: int, reference: list) -> Optional[float]:
+    """How much a pass of ``model`` defended by ``method`` costs relative to ``model``'s (None
+    when the defense cannot be built here: the run reports that itself)."""
+    import copy
+
+    from robustcompress.defenses import DefenseContext, get_defense
+
+    spec = get_defense(method)
+    ctx = DefenseContext(dataset=runner.dataset, device=runner.device, seed=runner.cfg.seed, progress=False)
+    info = runner.dataset.info
+    try:
+        defended = next(iter(spec.apply(copy.deepcopy(model), spec.Params(**params), ctx).values()))
+        seconds = grad_seconds(defended, info, runner.device, n)
+    except Exception:  # an estimate never fails a plan; the fallback cost stands
+        return None
+    if not reference:
+        reference.append(grad_seconds(model, info, runner.device, n))
+    return seconds / max(reference[0], 1e-9)
 
 
 def _seconds(jobs: list[Job], cal: Calibration) -> float:
@@ -177,11 +225,17 @@ def _seconds(jobs: list[Job], cal: Calibration) -> float:
 
 @dataclass
 class _Planned:
-    """A variant as the plan knows it (no model): label, key, whether it draws noise."""
+    """A variant as the plan knows it (no model): label, key, whether it draws noise, the step
+    that builds it (method, params, whether it trains), its parent, its evaluation jobs and the
+    cost of its passes relative to the base model's."""
 
     label: str
     key: str
     stochastic: bool = False
+    step: Optional[tuple] = None
+    parent: Optional["_Planned"] = None
+    jobs: list = field(default_factory=list, repr=False)
+    cost: float = 1.0
     model: None = None
 
 
@@ -189,7 +243,9 @@ def _enumerate(runner) -> Plan:
     stages: dict[str, Stage] = {}
     variants = _base_stage(runner, stages) + _defense_stages(runner, stages)
     keys = _eval_stages(runner, variants, stages)
-    return Plan(runner.cfg.name, runner.out, [s for s in stages.values() if s.units], unit_keys=keys)
+    plan = Plan(runner.cfg.name, runner.out, [s for s in stages.values() if s.units], unit_keys=keys)
+    plan._variants = variants
+    return plan
 
 
 def _base_stage(runner, stages: dict) -> list[_Planned]:
@@ -243,17 +299,18 @@ def _defense_stages(runner, stages: dict) -> list[_Planned]:
                 stoch = parent.stochastic or is_stochastic(d.method, p)
                 index = runner._ckpt(key, label).with_suffix(".variants.json")
                 stage.units += 1
+                train = {"seed": cfg.seed, **cfg.training, **d.training}
+                jobs = defense_training(d.method, p, train, len(runner.dataset.train), len(runner.dataset.test))
+                step = (d.method, params, any(j.rate == "train" for j in jobs))
                 if index.exists():
                     stage.done += 1
-                    new = [_Planned(e["label"], e["key"], stoch) for e in json.loads(index.read_text())]
+                    new = [_Planned(e["label"], e["key"], stoch, step, parent)
+                           for e in json.loads(index.read_text())]
                 else:
-                    train = {"seed": cfg.seed, **cfg.training, **d.training}
-                    jobs = defense_training(d.method, p, train, len(runner.dataset.train),
-                                            len(runner.dataset.test))
                     stage.jobs += jobs
                     stage.work += sum(j.steps for j in jobs if j.rate == "train")
-                    new = [_Planned(label if not s else f"{label}/{s}", stable_hash([key, s]), stoch)
-                           for s in defense_outputs(d.method, p)]
+                    new = [_Planned(label if not s else f"{label}/{s}", stable_hash([key, s]), stoch,
+                                    step, parent) for s in defense_outputs(d.method, p)]
                 produced[d.name] += new
                 out += new
     return out
@@ -307,8 +364,7 @@ def _eval_stages(runner, variants: list[_Planned], stages: dict) -> list[str]:
                 continue
             jobs = unit_jobs(kind, spec, ctx)
             passes = [j for j in jobs if j.rate in ("grad", "forward")]
-            for j in passes if v.stochastic else ():
-                j.cost = STOCHASTIC_FORWARD
+            v.jobs += passes
             stage.jobs += jobs
             stage.work += sum(j.steps for j in passes)
     return [k for k, _ in recorder.seen]
