@@ -235,8 +235,9 @@ def battery_jobs(battery: list, n: float, batch: int, num_classes: int, stochast
 def checks_jobs(m: float, steps: int, batch: int, stochastic: bool, eot: int, mc: int) -> list[Job]:
     """The gradient-masking checks on ``m`` points: FGSM, PGD-k, PGD-4k, the eps/2 and 2 eps PGD-k
     pair, PGD-k at a large eps (and PGD-k with 4x EOT for stochastic models), each judged."""
+    share = 1.0 if stochastic else SURVIVING  # PGD stops a point of a deterministic model early
     jobs = [Job("grad", 2, m, batch, eot),  # the zero-gradient check (CE and margin)
-            Job("grad", (1 + 7 * steps) * CHECKS_OVERHEAD, m, batch, eot), Job("forward", 6, m, batch, mc),
+            Job("grad", (1 + 7 * steps) * CHECKS_OVERHEAD, m, batch, eot * share), Job("forward", 6, m, batch, mc),
             Job("call", CALLS_PER_ATTACK * 7, 1, 1), Job("step", 2 + 7 * steps, 1, 1)]
     if stochastic:
         jobs.append(Job("grad", steps * CHECKS_OVERHEAD, m, batch, 4 * eot))
