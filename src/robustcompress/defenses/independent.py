@@ -6,6 +6,11 @@ defended one. ``method: independent`` trains the same architecture from a fresh 
 with another seed (same data and training settings unless overridden); refer to it from a
 paper-protocol attack with ``{attack: transfer, surrogate: <its name>}``.
 
+``seed`` is an offset from the run's seed (the surrogate uses ``run seed + seed``), so a run
+repeated with ``run --seed N`` still gets a surrogate that differs from its base model (an
+absolute seed 1 made the surrogate of a seed-1 run the base's own early checkpoint: same init,
+same batches). For seed-0 runs this is the absolute seed, as before.
+
 It is not a defense; it is registered here so that a config can build it like any variant.
 """
 
@@ -22,7 +27,7 @@ from robustcompress.errors import UserInputError
 
 
 class IndependentParams(DefenseParams):
-    seed: int = 1
+    seed: int = Field(default=1, description="offset from the run's seed (not 0: that is the base)")
     epochs: Optional[int] = Field(default=None, ge=1)
 
 
@@ -47,5 +52,9 @@ class IndependentModel(DefenseSpec):
     def apply(self, model: nn.Module, params: IndependentParams, ctx: DefenseContext) -> dict[str, nn.Module]:
         if ctx.fit is None:
             raise UserInputError("method 'independent' trains a model: run it through `robustcompress run`")
-        overrides = {"seed": params.seed, **({"epochs": params.epochs} if params.epochs else {})}
-        return {"": ctx.fit(fresh_copy(model, ctx.dataset.info, params.seed), **overrides)}
+        if params.seed == 0:
+            raise UserInputError("method 'independent': seed is an offset from the run's seed; 0 "
+                                 "would train the base model again (use 1, 2, ...)")
+        seed = ctx.seed + params.seed
+        overrides = {"seed": seed, **({"epochs": params.epochs} if params.epochs else {})}
+        return {"": ctx.fit(fresh_copy(model, ctx.dataset.info, seed), **overrides)}
