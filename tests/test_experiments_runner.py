@@ -216,3 +216,39 @@ def test_paper_transfer_item_defaults_to_transfer_from_and_crafts_the_named_atta
     for eps in ("0.1", "0.3"):
         assert by[("base", "transfer", eps)] == by[("base", "fgsm", eps)]
         assert ("dwp", "transfer", eps) in by
+
+
+
+def test_evaluation_never_changes_a_model_not_even_a_batchnorm_surrogate(tmp_path, monkeypatch):
+    # The base is evaluated first and its transfer attacks craft on `indep`, a BN model fresh from
+    # training (left in train mode by fit): every variant must be in eval mode before any unit
+    # runs, or crafting updates indep's BN running statistics (seen on CIFAR-10: indep's own clean
+    # accuracy fell from 43% to 13%).
+    import torch
+
+    from robustcompress.experiments.runner import Runner
+
+    buffers = {}
+    original = Runner.evaluate_all
+
+    def spy(self, variants, store):
+        for v in variants:
+            buffers[v.label] = {k: b.clone() for k, b in v.model.named_buffers()}
+        original(self, variants, store)
+        for v in variants:
+            buffers[v.label] = [torch.equal(b, dict(v.model.named_buffers())[k])
+                                for k, b in buffers[v.label].items()]
+
+    monkeypatch.setattr(Runner, "evaluate_all", spy)
+    ev = {**CONFIG["evaluation"], "runs": 1, "n_samples": 60,
+          "threats": [{"norm": "linf", "eps": [0.3]}],
+          "paper": [{"attack": "transfer", "craft": "fgsm"}],
+          "transfer_from": "indep", "adaptive": True, "apgd_steps": 5, "square_queries": 20,
+          "check_samples": 20, "check_steps": 3}
+    cfg = write_config(tmp_path, tmp_path / "B", evaluation=ev,
+                       model={"name": "vgg", "kwargs": {"config": [8, "M", 16, "M"], "hidden": [16]}},
+                       defenses=[{"name": "indep", "method": "independent", "params": {"epochs": 1}}],
+                       metrics={"calibration": False, "compression": False, "spectral": False})
+    run_experiment(load_config(cfg), progress=False)
+    assert set(buffers) == {"base", "indep"}
+    assert all(all(same) for same in buffers.values()), buffers

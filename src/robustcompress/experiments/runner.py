@@ -321,6 +321,8 @@ class Runner(UnitWork):
         x, y = self.eval_data()
         self.models_by_label = {v.label: v.model for v in variants}
         surrogate = next((v.model for v in variants if v.label == self.cfg.evaluation.transfer_from), None)
+        for v in variants:  # all of them now: a variant can be a transfer surrogate before its turn
+            v.model.eval()  # (fit leaves train mode; crafting on it would move its BN statistics)
         for i, v in enumerate(variants, 1):
             self.log(f"[eval] {v.label} ({i}/{len(variants)}): metrics, clean, paper protocol"
                      + (", standard" if self.cfg.evaluation.standard else "")
