@@ -198,3 +198,26 @@ def test_paper_comparison_shows_percent_and_finds_scaled_eps():
     _, rows = paper_comparison(data)
     assert rows == [["base", "fgsm", "1", "66.3", "50.0", "Sec. 4"]]
     assert FLAG_HELP is EXPLANATIONS and "blackbox_stronger" in FLAG_HELP
+
+
+def test_config_list_describes_every_shipped_config_and_pairs_cifar10_full_with_a_cpu_twin(capsys):
+    """`config list`: one aligned line per shipped config from its own `description:`; each of the
+    five papers ships a CIFAR-10 (or, for audio, Speech Commands) full config and its CPU twin."""
+    import yaml as _yaml
+
+    from robustcompress.cli import main as cli_main
+    from robustcompress.experiments.api import list_configs
+
+    shipped = list_configs()
+    for name, path in shipped.items():
+        assert _yaml.safe_load(path.read_text()).get("description"), f"{name} has no description"
+    assert cli_main(["config", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(shipped)
+    width = max(map(len, shipped))
+    for line in lines:  # names padded to the longest one, then two spaces, then the description
+        assert line[:width].rstrip() in shipped and line[width:width + 2] == "  " and line[width + 2] != " "
+    for paper, model in (("tensorization", "resnet18"), ("sap", "resnet20"), ("pruning", "vgg_sparse"),
+                         ("quantization", "wrn"), ("anp", "vgg16")):
+        for scale in ("full", "cpu"):
+            assert f"{paper}-cifar10-{model}-{scale}" in shipped, (paper, scale)

@@ -267,8 +267,10 @@ def config_list() -> None:
     """List the ready configs shipped in configs/, each with what it runs."""
     from robustcompress.experiments.config_catalog import describe_configs
 
-    for name, text in describe_configs().items():
-        typer.echo(f"{name:36s} {text}")
+    described = describe_configs()
+    width = max(map(len, described), default=0)
+    for name, text in described.items():
+        typer.echo(f"{name:{width}s}  {text}")
 
 
 def results(

@@ -11,7 +11,10 @@ import yaml
 def describe_config(path: Path, width: int = 120) -> str:
     """The config's ``description:``, else its leading comment up to the first full stop."""
     text = path.read_text()
-    desc = (yaml.safe_load(text) or {}).get("description")
+    try:
+        desc = (yaml.safe_load(text) or {}).get("description")
+    except yaml.YAMLError as e:
+        return f"(unreadable YAML: {str(e).splitlines()[0]}; `robustcompress config check` says where)"
     if desc:
         return str(desc)
     lines = []
