@@ -74,23 +74,56 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def sample_uniform(seeds: torch.Tensor, step: int, stream: int, n: int) -> torch.Tensor:
-    """``[B, n]`` uniforms in [0, 1) that depend only on (sample seed, step, stream, position).
+def uniform_block(seeds: torch.Tensor, steps: torch.Tensor, stream: int, n: int) -> torch.Tensor:
+    """``[B, S, n]`` uniforms in [0, 1) that depend only on (sample seed, step, stream, position).
 
     A counter-based generator: each sample's numbers are a hash of its own seed and counters, so
     the attack draws the same numbers for a sample whichever batch it is in and whichever other
-    samples are still being attacked (the batch-size invariance the tests check).
+    samples are still being attacked (the batch-size invariance the tests check); drawing many
+    steps at once gives the same numbers as drawing them one by one.
     """
     pos = torch.arange(n, device=seeds.device, dtype=torch.int64)
-    key = _mix32(seeds[:, None] + _mix32(torch.tensor(step * 7919 + stream * 104729,
-                                                      device=seeds.device)))
-    h = _mix32(key ^ _mix32(pos[None, :] * 2654435 + 12345))
+    step_keys = _mix32(steps.to(device=seeds.device, dtype=torch.int64) * 7919 + stream * 104729)
+    key = _mix32(seeds[:, None] + step_keys[None, :])
+    h = _mix32(key[:, :, None] ^ _mix32(pos * 2654435 + 12345)[None, None, :])
     return h.to(torch.float64).div(2.0**32).float()
+
+
+def sample_uniform(seeds: torch.Tensor, step: int, stream: int, n: int) -> torch.Tensor:
+    """``[B, n]`` uniforms of one step (see :func:`uniform_block`)."""
+    return uniform_block(seeds, torch.tensor([step]), stream, n)[:, 0]
 
 
 def _signs(seeds: torch.Tensor, step: int, stream: int, shape: tuple[int, ...], like) -> torch.Tensor:
     u = sample_uniform(seeds, step, stream, int(torch.tensor(shape).prod()) if shape else 1)
     return torch.where(u < 0.5, -1.0, 1.0).to(like.dtype).view((seeds.shape[0],) + shape)
+
+
+#: proposals per iteration at most: a fresh draw replaces one that would not change the point
+_MAX_ATTEMPTS = 10
+
+
+class _Draws:
+    """Every sample's random numbers for a block of iterations, hashed in one pass (the per-step
+    hashing was a third of the attack's own overhead): window positions ``[B, S, n_spatial]``
+    and the per-channel signs of all proposal attempts ``[B, S, attempts, C]``."""
+
+    def __init__(self, seeds: torch.Tensor, n_spatial: int, channels: int, n_queries: int):
+        self.seeds, self.n_spatial, self.channels, self.n_queries = seeds, n_spatial, channels, n_queries
+        self.span = max(1, min(100, 2_000_000 // max(1, seeds.numel() * _MAX_ATTEMPTS * channels)))
+        self.start = None
+
+    def at(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(window uniforms ``[B, n_spatial]``, signs ``[B, attempts, C]``) of iteration ``it``."""
+        if self.start is None or not self.start <= it < self.start + self.span:
+            self.start = it
+            steps = torch.arange(it, min(it + self.span, self.n_queries))
+            self.window = uniform_block(self.seeds, steps, 1, self.n_spatial)
+            u = torch.stack([uniform_block(self.seeds, steps, 2 + a, self.channels)
+                             for a in range(_MAX_ATTEMPTS)], dim=2)
+            self.signs = torch.where(u < 0.5, -1.0, 1.0)
+        j = it - self.start
+        return self.window[:, j], self.signs[:, j]
 
 
 def averaged_margin(
@@ -104,19 +137,38 @@ def averaged_margin(
     return total / eot_samples
 
 
-def window_mask(spatial: tuple[int, ...], side: int, seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """``[n, 1, *spatial]`` boolean mask of one random window of side ``side`` per sample."""
-    n, device = seeds.shape[0], seeds.device
-    u = sample_uniform(seeds, step, 1, len(spatial))
-    mask = torch.ones((n, 1) + spatial, dtype=torch.bool, device=device)
+def window_mask(spatial: tuple[int, ...], side: int, u: torch.Tensor) -> torch.Tensor:
+    """``[n, 1, *spatial]`` boolean mask of one window of side ``side`` per sample, placed by the
+    uniforms ``u`` ``[n, len(spatial)]``."""
+    n, device = u.shape[0], u.device
+    mask = None
     for d, size in enumerate(spatial):
         start = (u[:, d] * (size - side + 1)).long().clamp(max=size - side)
         pos = torch.arange(size, device=device)
         inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < start[:, None] + side)
         view = [n, 1] + [1] * len(spatial)
         view[2 + d] = size
-        mask = mask & inside.view(view)
+        mask = inside.view(view) if mask is None else mask & inside.view(view)
     return mask
+
+
+def _proposal(xc, xb, mask, signs, eps, lo, hi, sign_view) -> torch.Tensor:
+    """The current best point with a fresh ``+-eps`` per channel in the window; redrawn (at most
+    ``_MAX_ATTEMPTS`` times, attempt ``a`` using its own signs) where the proposal would not change
+    the current best point, as the reference does."""
+    n = xc.shape[0]
+    delta = xb - xc
+    x_new = (xc + torch.where(mask, eps * signs[:, 0].view((n,) + sign_view), delta)).clamp(lo, hi)
+    todo = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1).nonzero().flatten()
+    for attempt in range(1, _MAX_ATTEMPTS):
+        if todo.numel() == 0:
+            break
+        s_a = signs[todo, attempt].view((todo.numel(),) + sign_view)
+        retry = (xc[todo] + torch.where(mask[todo], eps * s_a, delta[todo])).clamp(lo, hi)
+        x_new[todo] = retry
+        same = (((retry - xb[todo]).abs() < 1e-7) | ~mask[todo]).flatten(1).all(dim=1)
+        todo = todo[same]
+    return x_new
 
 
 def square_linf_perturb(
@@ -158,29 +210,21 @@ def square_linf_perturb(
     x_best = (x_view + eps * _signs(seeds, 0, 0, stripe_shape, x0)).clamp(lo, hi)
     margin_best = fwd_margin(x_best, torch.arange(B, device=dev))
     queries = torch.ones(B, dtype=torch.long, device=dev)
-    sign_shape = (C,) + (1,) * len(spatial)
+    sign_view = (C,) + (1,) * len(spatial)
+    draws = _Draws(seeds, len(spatial), C, n_queries)
 
     for it in range(1, n_queries):
         idx = (margin_best >= 0).nonzero().flatten()
         if idx.numel() == 0:
             break
-        xc, xb, sd = x_view[idx], x_best[idx], seeds[idx]
+        xc, xb = x_view[idx], x_best[idx]
         p = p_selection(p_init, it, n_queries)
         side = round((p * n_features / C) ** (1.0 / len(spatial)))
         side = max(1, min(side, min(spatial) - 1)) if min(spatial) > 1 else 1
-        mask = window_mask(spatial, side, sd, it)
-        delta = xb - xc
-        # a fresh +-eps per channel in the window; redrawn (at most 10 times) where the proposal
-        # would not change the current best point, as the reference does
-        todo = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
-        for attempt in range(10):
-            signs = _signs(sd[todo], it, 2 + attempt, sign_shape, x0)
-            delta[todo] = torch.where(mask[todo], eps * signs, delta[todo])
-            x_new = (xc + delta).clamp(lo, hi)
-            unchanged = ((x_new - xb).abs() < 1e-7) | ~mask
-            todo = unchanged.flatten(1).all(dim=1)
-            if not todo.any():
-                break
+        u_window, signs = draws.at(it)
+        mask = window_mask(spatial, side, u_window[idx])
+        signs = signs[idx].to(x0.dtype)
+        x_new = _proposal(xc, xb, mask, signs, eps, lo, hi, sign_view)
         m_new = fwd_margin(x_new, idx)
         queries[idx] += 1
         better = m_new < margin_best[idx]
