@@ -1,8 +1,9 @@
 """Our ``standard`` protocol against the reference AutoAttack (standard version), same model and points.
 
-Trains a LeNet-5 on MNIST (seeded, ``--epochs`` epochs on ``--train-limit`` images), takes the
-first ``--points`` class-stratified test points and runs, on the same model and points under Linf
-``--eps``:
+Trains a LeNet-5 on MNIST (seeded, ``--epochs`` epochs on ``--train-limit`` images), or loads a
+robustcompress checkpoint (``--checkpoint``, e.g. the base ResNet-20 of a ``sap-cifar10-resnet20-cpu``
+run, with ``--dataset cifar10``), takes the first ``--points`` class-stratified test points and
+runs, on the same model and points under Linf ``--eps`` (a number or ``2/255``):
 
 * ours: :func:`robustcompress.attacks.standard.evaluate_standard` (APGD-CE, APGD-T, FAB-T, Square
   5,000 queries; masking checks off, as AutoAttack has none);
@@ -15,6 +16,8 @@ Printed: clean and robust accuracy of each, their difference in points, the numb
 which the two verdicts disagree, and wall-clock times and their ratio.
 
 Usage: OMP_NUM_THREADS=1 PYTHONPATH=/tmp/aa-deps python bench/autoattack_agreement.py [--points 1000]
+       ... bench/autoattack_agreement.py --dataset cifar10 --eps 2/255 --points 200 \
+           --checkpoint runs/sap-cifar10-resnet20-cpu/train/base-<hash>/model
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from robustcompress.attacks import ThreatModel
 from robustcompress.attacks.standard import evaluate_standard
 from robustcompress.data import load_dataset
 from robustcompress.models import build_model
-from robustcompress.training import TrainConfig, fit
+from robustcompress.training import TrainConfig, fit, load_checkpoint
 
 
 def trained_lenet(epochs: int, train_limit: int, device: str):
@@ -70,19 +73,27 @@ def reference(model, x, y, eps: float, batch_size: int):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--points", type=int, default=1000)
-    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--eps", default="0.1", help="Linf radius: a number or a fraction such as 2/255")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--checkpoint", default=None, help="a robustcompress checkpoint (default: train LeNet-5 on MNIST)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--train-limit", type=int, default=60000)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
-    model, ds = trained_lenet(a.epochs, a.train_limit, a.device)
+    num, _, den = a.eps.partition("/")
+    a.eps = float(num) / float(den or 1)
+    if a.checkpoint is None:
+        model, ds = trained_lenet(a.epochs, a.train_limit, a.device)
+    else:
+        model = load_checkpoint(a.checkpoint, device=a.device).requires_grad_(False)
+        ds = load_dataset(a.dataset, train_limit=100, test_limit=10000)
     part = ds.test.sample(a.points)
     x, y = part.x.to(a.device), part.y.to(a.device)
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     threat = ThreatModel.from_spec("linf", a.eps, ds.info)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {a.device}, "
+    print(f"{a.dataset} {type(model).__name__}: torch {torch.__version__}, {platform.processor() or platform.machine()}, device {a.device}, "
           f"threads {torch.get_num_threads()}, points {a.points}, eps {a.eps}, clean {clean:.2%}")
     r_ours, t_ours = ours(model, x, y, threat)
     print(f"ours (standard):      robust {r_ours.float().mean():.2%}  time {t_ours:.1f} s")
