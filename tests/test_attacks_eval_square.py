@@ -127,3 +127,23 @@ def test_p_schedule_and_counter_based_uniforms():
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.01
     assert torch.equal(sample_uniform(torch.tensor([5, 9]), 3, 1, 8), u[[5, 9]])
+
+
+def test_draws_of_many_steps_at_once_equal_step_by_step():
+    from robustcompress.attacks.square import uniform_block
+
+    seeds = torch.tensor([3, 2**31 - 2, 77])
+    block = uniform_block(seeds, torch.arange(5, 12), 4, 6)
+    for j, step in enumerate(range(5, 12)):
+        assert torch.equal(block[:, j], sample_uniform(seeds, step, 4, 6))
+
+
+def test_a_proposal_that_would_not_move_the_point_takes_the_first_draw_that_does():
+    from robustcompress.attacks.square import _MAX_ATTEMPTS, _proposal
+
+    xc = torch.zeros(2, 1, 2, 2)  # at the lower box edge: a -eps proposal is clipped back
+    mask = torch.ones(2, 1, 2, 2, dtype=torch.bool)
+    signs = -torch.ones(2, _MAX_ATTEMPTS, 1)
+    signs[0, 3] = 1.0  # sample 0: attempts 0-2 cannot move it, attempt 3 can
+    out = _proposal(xc, xc.clone(), mask, signs, 0.1, 0.0, 1.0, (1, 1, 1))
+    assert torch.allclose(out[0], torch.full((1, 2, 2), 0.1)) and torch.equal(out[1], xc[1])
