@@ -243,3 +243,37 @@ def test_security_table_cli(tmp_path, capsys):
     assert header[3:] == ["0", "0.11", "0.21"] and body[0][3:] == ["75", "50", "25"]
     assert main(["results", str(tmp_path), "--security"]) == 0
     assert "v[theta=0.9]" in capsys.readouterr().out
+
+
+def test_standard_protocol_on_chosen_eps_and_a_stratified_subset(tmp_path):
+    """evaluation.standard_eps / standard_samples: the standard units run only at the chosen eps,
+    on a class-stratified subset of the evaluation points, and the column says how many; a
+    subset larger than the evaluation points or an eps that no threat has is refused."""
+    import yaml
+
+    from robustcompress.errors import ConfigError
+    from robustcompress.experiments import load_config, run_experiment
+    from robustcompress.experiments.report import leaderboard
+    from robustcompress.experiments.report_data import gather
+    from robustcompress.experiments.store import ResultsStore
+
+    ev = {"n_samples": 30, "batch_size": 30, "threats": [{"norm": "linf", "eps": [0.1, 0.2]}],
+          "paper": [{"attack": "fgsm"}], "adaptive": False, "standard": True,
+          "standard_eps": [0.2], "standard_samples": 20}
+    cfg = {"name": "stdsub", "seed": 1, "threads": 1, "output_dir": str(tmp_path / "run"),
+           "dataset": {"name": "digits", "train_limit": 300},
+           "model": {"name": "lenet300"}, "training": {"epochs": 2, "optimizer": "adam", "lr": 0.003},
+           "evaluation": ev, "metrics": {"calibration": False, "spectral": False},
+           "report": {"main_eps": 0.2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = load_config(tmp_path / "c.yaml")
+    summary = run_experiment(loaded, progress=False, report=False)
+    with ResultsStore(tmp_path / "run" / "results.db") as store:
+        rows = store.results(protocol="standard", units=summary.unit_keys)
+        data = gather(store, loaded, summary.variants, summary.unit_keys)
+    assert {r["eps_label"] for r in rows} == {"0.2"} and {r["n"] for r in rows} == {20}
+    assert "@0.2 standard % (n=20)" in leaderboard(data)[0]
+    for bad, match in (({"standard_samples": 31}, "standard_samples"), ({"standard_eps": [0.3]}, "standard_eps")):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "evaluation": {**ev, **bad}}))
+        with pytest.raises(ConfigError, match=match):
+            load_config(tmp_path / "bad.yaml")

@@ -117,7 +117,9 @@ class EvaluationSection(_Strict):
     transfer_from: Optional[str] = "base"  # surrogate for transfer attacks (a variant name or null)
     # grow EOT (from eot_samples) and APGD steps x2 until the adaptive number moves < converge_tol
     converge_eot: bool = False
-    standard: bool = False  # AutoAttack's standard battery as its own column (at the adaptive eps)
+    standard: bool = False  # AutoAttack's standard battery as its own column
+    standard_eps: Optional[list[EpsValue]] = None  # default: the adaptive eps
+    standard_samples: Optional[int] = Field(default=None, ge=1)  # stratified subset; default: all
     security: Optional[Literal["fmn", "fab", "deepfool"]] = None  # security curves from this attack
     eot_cap: int = Field(default=80, ge=1)
     converge_tol: float = Field(default=0.02, gt=0, lt=1)
@@ -374,6 +376,7 @@ def _evaluation_problems(cfg: ExperimentConfig, where) -> list[str]:
     names = {"base"} | {d.name for d in cfg.defenses}
     labels = threat_eps_labels(cfg)
     for key, values in (("adaptive_eps", cfg.evaluation.adaptive_eps or []),
+                        ("standard_eps", cfg.evaluation.standard_eps or []),
                         ("main_eps", [] if cfg.report.main_eps is None else [cfg.report.main_eps])):
         section = "report" if key == "main_eps" else "evaluation"
         for e in values:

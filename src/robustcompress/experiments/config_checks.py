@@ -89,7 +89,16 @@ def safe_run_name(name: str) -> str:
 def check_config(cfg, where: Where) -> list[str]:
     """Every cross-key problem of ``cfg`` (see the module docstring); empty when it is fine."""
     return (check_defense_graph(cfg, where) + check_grids(cfg, where)
-            + check_paper_attacks(cfg, where) + check_eps(cfg, where))
+            + check_paper_attacks(cfg, where) + check_eps(cfg, where) + check_standard_subset(cfg, where))
+
+
+def check_standard_subset(cfg, where: Where) -> list[str]:
+    """``standard_samples`` is a subset of the evaluation points."""
+    n_std, n = cfg.evaluation.standard_samples, cfg.evaluation.n_samples
+    if n_std is None or n_std <= n:
+        return []
+    return [f"{where(('evaluation', 'standard_samples'))}: evaluation.standard_samples: {n_std} is more "
+            f"than the {n} evaluation points (n_samples); use at most {n}, or omit it for all of them"]
 
 
 def check_defense_graph(cfg, where: Where) -> list[str]:

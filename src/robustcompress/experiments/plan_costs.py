@@ -310,6 +310,7 @@ def cascade_jobs(kind: str, spec: list, c: EvalContext, eot: int, mc: int) -> li
     threat = c.threats[(spec[0], spec[1])]
     if kind == "standard":
         eot = 20 if c.stochastic else 1  # the randomized version's own EOT
+        n = min(n, ev.standard_samples or n)
         battery = standard_battery(threat, C, c.stochastic)
     else:
         battery = default_battery(threat, C, apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,

@@ -347,10 +347,11 @@ class Runner(UnitWork):
                     units.append(("paper", what, [item.model_dump(), threat.norm, eps_label, run],
                                   lambda w, v=v, item=item, t=threat, e=eps_label, r=run, lab=label:
                                   self.paper_attack(w, v, x, y, item, t, e, r, lab)))
-            if ev.standard and self._adaptive_eps(eps_label):
-                units.append(("standard", f"standard {threat.norm} {eps_label}", [threat.norm, eps_label],
+            if ev.standard and self._selected_eps(eps_label, ev.standard_eps or ev.adaptive_eps):
+                subset = [] if ev.standard_samples is None else [ev.standard_samples]  # old keys stay valid
+                units.append(("standard", f"standard {threat.norm} {eps_label}", [threat.norm, eps_label] + subset,
                               lambda w, v=v, t=threat, e=eps_label: self.standard(w, v, x, y, t, e)))
-            if ev.adaptive and self._adaptive_eps(eps_label):
+            if ev.adaptive and self._selected_eps(eps_label, ev.adaptive_eps):
                 sur = surrogate if (surrogate is not None and v.label != ev.transfer_from) else None
                 units.append(("adaptive", f"adaptive {threat.norm} {eps_label}",
                               [threat.norm, eps_label, sur is not None],
@@ -384,8 +385,9 @@ class Runner(UnitWork):
             self.log(f"[eval] {v.label}: {k}/{len(units)} units, {what} done in {took:.1f}s; "
                      f"ETA {eta} for this variant")
 
-    def _adaptive_eps(self, label: str) -> bool:
-        wanted = self.cfg.evaluation.adaptive_eps
+    @staticmethod
+    def _selected_eps(label: str, wanted: Optional[list]) -> bool:
+        """Whether eps ``label`` is among ``wanted`` (None: every eps)."""
         return wanted is None or any(eps_matches(e, label) for e in wanted)
 
     def _unit(self, store: ResultsStore, kind: str, v: Variant, spec: list, fn) -> None:
