@@ -31,15 +31,26 @@ def synthetic(name: str, shape: tuple[int, ...], n: int) -> Dataset:
     return Dataset(info, train, empty)
 
 
+def _sync(device) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def images_per_second(model_name: str, ds: Dataset, steps: int, batch: int,
-                      optimizer: str) -> float:
+                      optimizer: str, *, device=None, objective=None,
+                      warmup_steps: int | None = None, **opts) -> float:
+    """Images/s of ``steps`` fit steps after a warm-up epoch of ``warmup_steps`` (default
+    ``steps``) steps; ``opts`` are further TrainConfig fields (amp, channels_last, hflip...)."""
     torch.manual_seed(0)
     model = build_model(model_name, ds.info)
-    cfg = dict(batch_size=batch, max_batches_per_epoch=steps, optimizer=optimizer,
-               lr=0.01, hflip=False)
-    fit(model, ds, TrainConfig(epochs=1, **cfg), progress=False)  # warm-up
+    cfg = {**dict(batch_size=batch, optimizer=optimizer, lr=0.01, hflip=False), **opts}
+    run = dict(objective=objective, device=device, progress=False)
+    fit(model, ds, TrainConfig(epochs=1, max_batches_per_epoch=warmup_steps or steps, **cfg),
+        **run)  # warm-up
+    _sync(device)
     t0 = time.perf_counter()
-    fit(model, ds, TrainConfig(epochs=1, seed=1, **cfg), progress=False)
+    fit(model, ds, TrainConfig(epochs=1, seed=1, max_batches_per_epoch=steps, **cfg), **run)
+    _sync(device)
     return steps * batch / (time.perf_counter() - t0)
 
 
