@@ -61,8 +61,11 @@ def figure_security(data: ReportData, styles: dict):
         ax.set_ylabel("robust accuracy %")
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
-        ax.set_title(f"security curves from {attack} minimal distances (n={len(mine[0]['extra'].get('distances', []))})"
-                     "\n◆ = standard (else adaptive) protocol at a config eps", fontsize=9)
+        n = len(mine[0]["extra"].get("distances", []))
+        n_std = {x.get("n") for x in data.results if x["protocol"] == "standard" and x["norm"] == norm} - {None, n}
+        on = f" on n={'/'.join(map(str, sorted(n_std)))}" if n_std else ""  # standard_samples: a subset
+        ax.set_title(f"security curves from {attack} minimal distances (n={n})"
+                     f"\n◆ = standard{on} (else adaptive) protocol at a config eps", fontsize=9)
         ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return fig
 
