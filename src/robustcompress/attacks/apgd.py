@@ -117,8 +117,10 @@ def apgd_run(
         best.update(everyone, x_adv, obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted),
                     logits)
         history.append(obj)
-        up = obj > f_max
-        x_max[up], f_max[up], g_max[up] = x_adv[up], obj[up], grad[up]
+        up = obj > f_max  # torch.where, not boolean indexing: no host sync per step on a GPU
+        x_max = torch.where(bcast_rows(up, x), x_adv, x_max)
+        g_max = torch.where(bcast_rows(up, x), grad, g_max)
+        f_max = torch.where(up, obj, f_max)
         if i in checks:
             k = i - last_check
             steps_up = (torch.stack(history[-k:]) > torch.stack(history[-k - 1:-1])).sum(0)

@@ -55,17 +55,20 @@ class Best:
     def update(self, idx: torch.Tensor, x: torch.Tensor, obj: torch.Tensor, success: torch.Tensor,
                logits: Optional[torch.Tensor] = None) -> None:
         """Offer candidates ``x`` (rows ``idx`` of the batch) with their objective and success."""
-        old_s = self.success[idx]
-        better = (success & ~old_s) | ((success == old_s) & (obj > self.obj[idx]))
-        j = idx[better]
-        self.x[j] = x[better].detach()
-        self.obj[j] = obj[better].to(self.obj.dtype)
-        self.success[j] = success[better]
+        old_s, old_obj = self.success[idx], self.obj[idx]
+        better = (success & ~old_s) | ((success == old_s) & (obj > old_obj))
+        # rows that are not better are written back unchanged: no boolean indexing, so no host
+        # sync per attack step on a GPU (``idx[better]`` needs the count on the host)
+        keep = bcast_rows(better, x)
+        self.x.index_copy_(0, idx, torch.where(keep, x.detach(), self.x[idx]))
+        self.obj.index_copy_(0, idx, torch.where(better, obj.to(self.obj.dtype), old_obj))
+        self.success.index_copy_(0, idx, torch.where(better, success, old_s))
         if logits is not None:
             if self.logits is None:
                 self.logits = torch.full((self.x.shape[0], logits.shape[1]), float("nan"),
                                          device=logits.device, dtype=logits.dtype)
-            self.logits[j] = logits[better].detach()
+            rows = better[:, None]
+            self.logits.index_copy_(0, idx, torch.where(rows, logits.detach(), self.logits[idx]))
 
     def merge(self, idx: torch.Tensor, other: "Best") -> None:
         self.update(idx, other.x, other.obj, other.success, other.logits)
