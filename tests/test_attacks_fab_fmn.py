@@ -166,28 +166,36 @@ def test_protocol_option_selects_standard(digits, digits_mlp):
         adaptive_evaluation(digits_mlp, part, digits.info, protocol="autoattack", **kw)
 
 
-def test_config_standard_protocol_gets_its_own_leaderboard_column(tmp_path):
-    """evaluation.standard: a `standard` row per variant and eps, shown as its own column, no
-    higher than the adaptive worst case's APGD-CE-only counterpart would allow (<= clean)."""
+def _small_run(tmp_path, name: str, evaluation: dict, **extra):
+    """A 2-epoch LeNet-300 on 300 digits evaluated with ``evaluation``: (config, standard rows,
+    report data)."""
     import yaml
 
     from robustcompress.experiments import load_config, run_experiment
-    from robustcompress.experiments.report import leaderboard
     from robustcompress.experiments.report_data import gather
     from robustcompress.experiments.store import ResultsStore
 
-    cfg = {"name": "std", "seed": 1, "threads": 1, "output_dir": str(tmp_path / "run"),
+    cfg = {"name": name, "seed": 1, "threads": 1, "output_dir": str(tmp_path / "run"),
            "dataset": {"name": "digits", "train_limit": 300},
            "model": {"name": "lenet300"}, "training": {"epochs": 2, "optimizer": "adam", "lr": 0.003},
-           "evaluation": {"n_samples": 30, "batch_size": 30, "threats": [{"norm": "linf", "eps": [0.1]}],
-                          "paper": [{"attack": "fgsm"}], "adaptive": False, "standard": True},
-           "metrics": {"calibration": False, "spectral": False}}
+           "evaluation": evaluation, "metrics": {"calibration": False, "spectral": False}, **extra}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     loaded = load_config(tmp_path / "c.yaml")
     summary = run_experiment(loaded, progress=False, report=False)
     with ResultsStore(tmp_path / "run" / "results.db") as store:
         rows = store.results(protocol="standard", units=summary.unit_keys)
         data = gather(store, loaded, summary.variants, summary.unit_keys)
+    return cfg, rows, data
+
+
+def test_config_standard_protocol_gets_its_own_leaderboard_column(tmp_path):
+    """evaluation.standard: a `standard` row per variant and eps, shown as its own column, no
+    higher than the adaptive worst case's APGD-CE-only counterpart would allow (<= clean)."""
+    from robustcompress.experiments.report import leaderboard
+
+    _, rows, data = _small_run(tmp_path, "std", {
+        "n_samples": 30, "batch_size": 30, "threats": [{"norm": "linf", "eps": [0.1]}],
+        "paper": [{"attack": "fgsm"}], "adaptive": False, "standard": True})
     assert {r["attack"] for r in rows} >= {"apgd-ce", "apgd-t", "fab-t", "square", "worst-case"}
     header, board = leaderboard(data)
     assert "@0.1 standard %" in header
@@ -252,25 +260,13 @@ def test_standard_protocol_on_chosen_eps_and_a_stratified_subset(tmp_path):
     import yaml
 
     from robustcompress.errors import ConfigError
-    from robustcompress.experiments import load_config, run_experiment
+    from robustcompress.experiments import load_config
     from robustcompress.experiments.report import leaderboard
-    from robustcompress.experiments.report_data import gather
-    from robustcompress.experiments.store import ResultsStore
 
     ev = {"n_samples": 30, "batch_size": 30, "threats": [{"norm": "linf", "eps": [0.1, 0.2]}],
           "paper": [{"attack": "fgsm"}], "adaptive": False, "standard": True,
           "standard_eps": [0.2], "standard_samples": 20}
-    cfg = {"name": "stdsub", "seed": 1, "threads": 1, "output_dir": str(tmp_path / "run"),
-           "dataset": {"name": "digits", "train_limit": 300},
-           "model": {"name": "lenet300"}, "training": {"epochs": 2, "optimizer": "adam", "lr": 0.003},
-           "evaluation": ev, "metrics": {"calibration": False, "spectral": False},
-           "report": {"main_eps": 0.2}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    loaded = load_config(tmp_path / "c.yaml")
-    summary = run_experiment(loaded, progress=False, report=False)
-    with ResultsStore(tmp_path / "run" / "results.db") as store:
-        rows = store.results(protocol="standard", units=summary.unit_keys)
-        data = gather(store, loaded, summary.variants, summary.unit_keys)
+    cfg, rows, data = _small_run(tmp_path, "stdsub", ev, report={"main_eps": 0.2})
     assert {r["eps_label"] for r in rows} == {"0.2"} and {r["n"] for r in rows} == {20}
     assert "@0.2 standard % (n=20)" in leaderboard(data)[0]
     for bad, match in (({"standard_samples": 31}, "standard_samples"), ({"standard_eps": [0.3]}, "standard_eps")):
