@@ -28,6 +28,11 @@ class TrainConfig(BaseModel):
     milestones: list[int] = Field(default_factory=list, description="epochs for 'multistep'")
     gamma: float = Field(0.1, gt=0)
     hflip: Union[bool, Literal["auto"]] = "auto"
+    # Random crop of image training batches (robustcompress.training.augment): pad each image by
+    # crop_padding pixels of value 0 per side, keep a random window of the original size; 4 is the
+    # usual CIFAR recipe (He et al., ANP-VS; Madry's uses 2), with flips. 0 = off, the default (the
+    # recipe of every result recorded before crops existed). Images only (ConfigError otherwise).
+    crop_padding: int = Field(0, ge=0, description="random-crop padding in pixels (0 = off)")
     seed: int = 0
     eval_batch_size: int = Field(512, ge=1)
     max_batches_per_epoch: Optional[int] = Field(None, ge=1)

@@ -7,9 +7,9 @@ model on every rank and keeps the replicas identical, as DistributedDataParallel
   of epoch ``e`` and the same global batches; rank ``r`` takes ``batch[r::world]``. Each global
   batch is cut to a multiple of ``world`` (at most ``world - 1`` samples of a batch are dropped,
   the same ones on every rank), so all ranks hold equally many samples and the average of the
-  per-rank mean losses is the global mean loss. Flip augmentation is drawn for the whole global
-  batch from the epoch generator before sharding, so the augmented data do not depend on the
-  number of processes.
+  per-rank mean losses is the global mean loss. Augmentation (flips, crop offsets; see
+  :mod:`robustcompress.training.augment`) is drawn for the whole global batch from the epoch
+  generator before sharding, so the augmented data do not depend on the number of processes.
 * **Gradients**: after the backward pass the gradients of every parameter group are averaged
   over the ranks with one flat ``all_reduce`` per group (bucketed like DDP's reducer, but not
   overlapped with the backward pass). Deviation from wrapping the model in

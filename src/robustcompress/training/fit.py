@@ -1,10 +1,11 @@
 """The one training loop: any model, any objective, exact resume, deterministic under a seed.
 
-Determinism: the data order (and the horizontal flips) of epoch ``e`` come from a
-``torch.Generator`` seeded with ``epoch_seed(config.seed, e)``. Modules that draw from the global
-RNG (dropout, stochastic defenses without a generator) run inside ``torch.random.fork_rng`` seeded
-with the same number, so the caller's global RNG is left exactly as it was, and a run resumed at
-epoch ``e`` sees the same randomness as an uninterrupted run.
+Determinism: the data order and the augmentation (flips, crops; draw order in
+:mod:`robustcompress.training.augment`) of epoch ``e`` come from a ``torch.Generator`` seeded
+with ``epoch_seed(config.seed, e)``. Modules that draw from the global RNG (dropout, stochastic
+defenses without a generator) run inside ``torch.random.fork_rng`` seeded with the same number,
+so the caller's global RNG is left exactly as it was, and a run resumed at epoch ``e`` sees the
+same randomness as an uninterrupted run.
 
 Checkpoints (``checkpoint_dir``): after every epoch ``fit`` writes
 
@@ -41,6 +42,7 @@ from torch import nn
 from robustcompress.data.info import Dataset, Split
 from robustcompress.errors import ConfigError, UserInputError
 from robustcompress.training import accel, ddp
+from robustcompress.training.augment import Augment
 from robustcompress.training.config import TrainConfig, lr_factor
 from robustcompress.training.state import epoch_seed, load_state, save_state  # noqa: F401
 from robustcompress.training.evaluate import check_finite_inputs, evaluate_accuracy
@@ -160,15 +162,6 @@ def _check_loss(loss: torch.Tensor, name: str = "") -> None:
             "is saved and the same call resumes from it).")
 
 
-def _flip_mask(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Which of ``n`` images are flipped (one draw per image of the global batch)."""
-    return torch.rand(n, generator=gen) < 0.5
-
-
-def _apply_flip(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return torch.where(m.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
-
-
 # ----------------------------------------------------------------------------- fit
 
 def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None, *,
@@ -221,25 +214,12 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     dev = _resolve_fit_device(model, device, world)
     model.to(dev)
     progress = progress and world.is_main
-    train = dataset.train
-    if len(train) == 0:
-        raise UserInputError("the training split is empty")
-    check_finite_inputs(train.x, "training inputs")
-    flip = config.flip_enabled(dataset.info.name) and dataset.info.modality == "image"
-
+    aug = _check_data(dataset, config)
     groups = _groups(model, objective, config)
     opts = {g: _make_optimizer(v, config) for g, v in groups.items()}
     base_lrs = {g: v["lr"] for g, v in groups.items()}
-    amp_on = config.amp and accel.objective_allows_amp(objective)
-    note = accel.describe(config, dev, objective)
-    if note and world.is_main:
-        warnings.warn(note, stacklevel=2)
-    dtype = accel.amp_dtype(config.amp_dtype, dev)
-    ex = _Exec(world=world, amp=amp_on, amp_dtype=dtype,
-               scaler=accel.make_scaler(amp_on, dev, dtype))
-
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start, history = _resume(ckdir, model, opts, config, world, resume)
+    ex = _make_exec(config, dev, objective, world)
+    ckdir, start, history = _resume(checkpoint_dir, model, opts, config, world, resume)
     ddp.broadcast_state(model, world)  # before NHWC: collectives want contiguous tensors
     if config.channels_last:
         accel.to_channels_last(model)  # parameter objects are kept: the optimizers still hold them
@@ -250,7 +230,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     try:
         for epoch in range(start, config.epochs):
             history.append(_run_epoch(train_model, model, dataset, config, objective, opts, groups,
-                                      base_lrs, epoch, dev, flip, progress, last_out, ex))
+                                      base_lrs, epoch, dev, aug, progress, last_out, ex))
             if ckdir is not None:
                 if world.is_main:
                     save_state(ckdir, epoch + 1, model, opts, config, history, objective,
@@ -260,21 +240,42 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
         hook.remove()
         if config.channels_last:
             accel.to_contiguous(model)
-    metrics = dict(history[-1]) if history else {}
-    metrics["epochs"] = len(history)
+    metrics = {**(history[-1] if history else {}), "epochs": len(history)}
     return FitResult(model=model, history=history, metrics=metrics)
 
 
-def _resume(ckdir: Optional[Path], model, opts, config: TrainConfig, world, resume: bool):
-    """``(first epoch, history)``: from the folder's training state when resuming, else 0, []."""
-    if ckdir is None:
-        return 0, []
+def _check_data(dataset: Dataset, config: TrainConfig) -> Optional[Augment]:
+    """The run's augmentation, after checking the training inputs (non-empty, finite) and that
+    the augmentation fits them."""
+    if len(dataset.train) == 0:
+        raise UserInputError("the training split is empty")
+    check_finite_inputs(dataset.train.x, "training inputs")
+    return Augment.for_run(config, dataset.info)
+
+
+def _make_exec(config: TrainConfig, dev, objective, world: ddp.World) -> _Exec:
+    """AMP settings and scaler; warns (rank 0) about speed options that do not apply."""
+    amp_on = config.amp and accel.objective_allows_amp(objective)
+    note = accel.describe(config, dev, objective)
+    if note and world.is_main:
+        warnings.warn(note, stacklevel=3)
+    dtype = accel.amp_dtype(config.amp_dtype, dev)
+    return _Exec(world=world, amp=amp_on, amp_dtype=dtype,
+                 scaler=accel.make_scaler(amp_on, dev, dtype))
+
+
+def _resume(checkpoint_dir, model, opts, config: TrainConfig, world, resume: bool):
+    """``(folder or None, first epoch, history)``: from the folder's training state when
+    resuming, else epoch 0 and no history."""
+    if checkpoint_dir is None:
+        return None, 0, []
+    ckdir = Path(checkpoint_dir)
     if world.is_main:
         ckdir.mkdir(parents=True, exist_ok=True)
     ddp.barrier(world)
     if resume and (ckdir / "state.json").is_file():
-        return load_state(ckdir, model, opts, config)
-    return 0, []
+        return (ckdir, *load_state(ckdir, model, opts, config))
+    return ckdir, 0, []
 
 
 def _resolve_fit_device(model: nn.Module, device, world: ddp.World) -> torch.device:
@@ -307,8 +308,22 @@ def _test_accuracy(model: nn.Module, test: Split, config: TrainConfig, dev, worl
     return tot["correct"] / tot["n"]
 
 
+def _batch(train: Split, idx: torch.Tensor, aug: Optional[Augment], gen: torch.Generator,
+           w: ddp.World, dev, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shard of the global batch ``train[idx]``, augmented on ``dev``. The
+    augmentation is drawn for the global batch before sharding: the same on every rank."""
+    draws = aug.draw(len(idx), gen) if aug is not None else {}
+    idx = ddp.shard(idx, w)
+    xb = accel.batch_to(train.x[idx], dev, channels_last=False)
+    if draws:
+        xb = aug.apply(xb, {k: accel.batch_to(ddp.shard(v, w), dev, channels_last=False)
+                            for k, v in draws.items()})
+    return (accel.batch_to(xb, dev, channels_last=channels_last),
+            accel.batch_to(train.y[idx], dev, channels_last=False))
+
+
 def _run_epoch(train_model, model, dataset, config, objective, opts, groups, base_lrs, epoch,
-               dev, flip, progress, last_out, ex: _Exec) -> dict:
+               dev, aug, progress, last_out, ex: _Exec) -> dict:
     from robustcompress import progress as progress_display
 
     t0 = time.perf_counter()
@@ -336,14 +351,7 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
         else:
             model.train()
         for i, s in enumerate(bar):
-            idx = perm[s: s + bs]
-            fmask = _flip_mask(len(idx), gen) if flip else None  # global batch: same on all ranks
-            idx = ddp.shard(idx, w)
-            xb, yb = train.x[idx], train.y[idx]
-            if fmask is not None:
-                xb = _apply_flip(xb, ddp.shard(fmask, w))
-            xb = accel.batch_to(xb, dev, channels_last=config.channels_last)
-            yb = accel.batch_to(yb, dev, channels_last=False)
+            xb, yb = _batch(train, perm[s: s + bs], aug, gen, w, dev, config.channels_last)
             last_out.clear()
             try:
                 logged = _step(train_model, objective, opts, groups, xb, yb, ex)
@@ -352,8 +360,8 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
                     raise accel.compile_error(e) from e
                 raise
             for k, v in logged.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-            count += len(idx)
+                sums[k] = sums.get(k, 0.0) + v * len(yb)
+            count += len(yb)
             o = last_out.get("o")
             if isinstance(o, torch.Tensor) and o.dim() == 2 and o.shape[0] == len(yb):
                 correct += int((o.detach().argmax(1) == yb).sum())
