@@ -20,6 +20,7 @@ from robustcompress.training import TrainConfig, ddp, fit
 from robustcompress.training.augment import (
     Augment, apply_flip, crop_offsets, flip_mask, random_crop)
 from robustcompress.training.state import epoch_seed
+from test_training_fit import CrashAt
 
 fit_module = importlib.import_module("robustcompress.training.fit")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -169,23 +170,12 @@ def test_fit_follows_the_documented_draws_bit_exactly(crop):
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-class _CrashAt:
-    def __init__(self, n):
-        self.n, self.calls = n, 0
-
-    def __call__(self, model, x, y):
-        self.calls += 1
-        if self.calls == self.n:
-            raise KeyboardInterrupt("simulated crash")
-        return F.cross_entropy(model(x), y)
-
-
 def test_crash_and_resume_with_crops_equals_the_uninterrupted_run(tmp_path):
     data = _data()
     cfg = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.05, crop_padding=4)
     ref = fit(_net(), data, cfg, progress=False).model.state_dict()
     with pytest.raises(KeyboardInterrupt):
-        fit(_net(), data, cfg, checkpoint_dir=tmp_path, progress=False, objective=_CrashAt(5))
+        fit(_net(), data, cfg, checkpoint_dir=tmp_path, progress=False, objective=CrashAt(5))
     assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
     res = fit(_net(7), data, cfg, checkpoint_dir=tmp_path, progress=False).model.state_dict()
     assert all(torch.equal(ref[k], res[k]) for k in ref)
