@@ -239,13 +239,12 @@ class UnitWork:
         APGD-CE, APGD-T, FAB-T, Square-5000; its randomized version for stochastic models), on a
         class-stratified subset of the evaluation points when ``standard_samples`` asks for one."""
         from robustcompress.attacks.standard import evaluate_standard
-        from robustcompress.data.info import stratified_first
+        from robustcompress.data.info import Split
 
         ev = self.cfg.evaluation
         t0 = time.perf_counter()
-        if ev.standard_samples is not None and ev.standard_samples < len(y):
-            keep = torch.from_numpy(stratified_first(y.cpu().numpy(), ev.standard_samples)).to(y.device)
-            x, y = x.index_select(0, keep.to(x.device)), y.index_select(0, keep)
+        part = Split(x, y).sample(ev.standard_samples)  # all points when standard_samples is None
+        x, y = part.x, part.y
 
         def one(xb, yb, g, b):
             rep = evaluate_standard(v.model, xb, yb, threat, mc_samples=ev.mc_samples,
