@@ -18,6 +18,10 @@ LIMIT_HELP = "Evaluate on N test points, a class-stratified subset"
 MC_HELP = ("Draws averaged per prediction of a stochastic model (default 20 for one attack, "
            "100 in the adaptive evaluation; deterministic models use 1)")
 EOT_HELP = "EOT draws averaged per gradient of a stochastic model (default 20)"
+DATA_ON_DEVICE_HELP = ("auto | true | false: keep the training split on the training device and "
+                       "gather (and augment) batches there; auto = on a CUDA GPU when it takes "
+                       "at most half its free memory, true = always (an error if it does not "
+                       "fit), false = copy every batch from the host. Same results either way")
 
 
 def out_option(default: Any = ..., extra: str = "") -> Any:
@@ -28,6 +32,11 @@ def out_option(default: Any = ..., extra: str = "") -> Any:
 def limit_option(default: Optional[int], extra: str = "") -> Any:
     """``--limit``: how many test points an evaluation uses."""
     return typer.Option(default, "--limit", min=0, help=f"{LIMIT_HELP}{extra}.")
+
+
+def data_on_device_option() -> Any:
+    """``--data-on-device``: TrainConfig.data_on_device (validated by TrainConfig)."""
+    return typer.Option("auto", "--data-on-device", help=f"{DATA_ON_DEVICE_HELP}.")
 
 
 def deprecated(old: str, new: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from robustcompress.cli_options import (
-    DATA_DIR_HELP, DEVICE_HELP, MC_HELP, deprecated, given, limit_option)
+    DATA_DIR_HELP, DEVICE_HELP, MC_HELP, data_on_device_option, deprecated, given, limit_option)
 from robustcompress.errors import UserInputError, describe_validation
 
 
@@ -86,6 +86,7 @@ def train_cmd(
     amp: bool = typer.Option(False, help="Mixed precision for the training step (bf16/fp16 on GPU, bf16 on CPU)."),
     channels_last: bool = typer.Option(False, help="NHWC memory format for conv inputs and weights."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model for training."),
+    data_on_device: str = data_on_device_option(),
 ) -> None:
     """Train a zoo model on a dataset and write a checkpoint (safetensors + JSON).
 
@@ -114,7 +115,7 @@ def train_cmd(
             **recipe, momentum=momentum, gamma=gamma, seed=seed,
             milestones=[int(m) for m in milestones.split(",")] if milestones else [],
             max_batches_per_epoch=max_batches, crop_padding=crop_padding, amp=amp,
-            channels_last=channels_last, compile=compile_)
+            channels_last=channels_last, compile=compile_, data_on_device=data_on_device)
     except (ValidationError, ValueError) as e:
         raise UserInputError(f"invalid training option: {describe_validation(e)}") from None
     from robustcompress.models import list_models

@@ -18,8 +18,10 @@ only how the training step is executed, never what is optimised.
   optimizer and checkpoints are unchanged); evaluation uses the plain model. A toolchain that
   cannot compile (no C++ compiler for the CPU backend, unsupported Python) raises a
   :class:`~robustcompress.errors.ConfigError` that says to turn ``compile`` off.
-* pinned memory: on CUDA every batch is copied into page-locked host memory and sent with
-  ``non_blocking=True``; on CPU nothing changes.
+* pinned memory: on CUDA every batch read from the host is copied into page-locked host memory
+  and sent with ``non_blocking=True``; on CPU nothing changes. A training split resident on the
+  device (``data_on_device``, :mod:`robustcompress.training.resident`) sends only the epoch's
+  permutation and each batch's augmentation draws.
 """
 
 from __future__ import annotations

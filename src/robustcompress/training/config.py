@@ -13,6 +13,13 @@ class TrainConfig(BaseModel):
 
     Defaults (Adam, lr 1e-3, batch 128, no schedule) train LeNet-5 to >= 98.5% on MNIST in
     2 epochs and to >= 95% on the 8x8 digits; the papers' recipes are set explicitly in configs.
+
+    Execution options (``amp``, ``amp_dtype``, ``channels_last``, ``compile``, ``data_parallel``,
+    ``data_on_device``) change how a step runs, not what it optimises; a run may resume with
+    others. ``data_on_device``: ``"auto"`` keeps the training split on a CUDA device when it
+    takes at most half its free memory (float32: 615 MB for CIFAR-10), ``True`` always (a
+    ConfigError when it does not fit; on CPU the same code path, a no-op), ``False`` never;
+    batches and augmentation are bit-identical either way (:mod:`robustcompress.training.resident`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -42,6 +49,9 @@ class TrainConfig(BaseModel):
     amp_dtype: Literal["auto", "bfloat16", "float16"] = "auto"
     channels_last: bool = Field(False, description="NHWC memory format for 4-D inputs and convs")
     compile: bool = Field(False, description="torch.compile the model for the training step")
+    data_on_device: Union[bool, Literal["auto"]] = Field(
+        "auto", description="keep the training split on the training device and gather batches "
+        "there: auto = on a CUDA device when it fits (robustcompress.training.resident)")
     data_parallel: Optional[bool] = Field(
         None, description="under torchrun: None/True = split every batch over the processes and "
         "average gradients; False = every process trains its own full copy")

@@ -19,20 +19,24 @@ Checkpoints (``checkpoint_dir``): after every epoch ``fit`` writes
 
 Calling ``fit`` again with the same ``checkpoint_dir`` continues after the last finished epoch
 (``resume=False`` starts over). The config must match, except ``epochs``, which may grow, and the
-execution options (``amp``, ``amp_dtype``, ``channels_last``, ``compile``).
+execution options (``amp``, ``amp_dtype``, ``channels_last``, ``compile``,
+``data_parallel``, ``data_on_device``).
 
 Under ``torchrun`` (an initialised process group with several processes) ``fit`` trains data
 parallel: ``batch_size`` is the global batch, each rank takes a disjoint shard of every batch,
 gradients are averaged over the ranks, only rank 0 writes checkpoints and prints, and every rank
 ends with identical weights (see :mod:`robustcompress.training.ddp`). Speed options (AMP,
-channels_last, torch.compile, pinned memory) are described in :mod:`robustcompress.training.accel`.
+channels_last, torch.compile, pinned memory) are described in :mod:`robustcompress.training.accel`;
+where the training split lives (host, or resident on the device: ``data_on_device``) in
+:mod:`robustcompress.training.resident`. The training inputs are checked finite once per split
+object (again after an in-place edit).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -41,11 +45,11 @@ from torch import nn
 
 from robustcompress.data.info import Dataset, Split
 from robustcompress.errors import ConfigError, UserInputError
-from robustcompress.training import accel, ddp
+from robustcompress.training import accel, ddp, resident
 from robustcompress.training.augment import Augment
 from robustcompress.training.config import TrainConfig, lr_factor
 from robustcompress.training.state import epoch_seed, load_state, save_state  # noqa: F401
-from robustcompress.training.evaluate import check_finite_inputs, evaluate_accuracy
+from robustcompress.training.evaluate import check_finite_split, evaluate_accuracy
 from robustcompress.training.objectives import CrossEntropy
 
 
@@ -214,7 +218,7 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     dev = _resolve_fit_device(model, device, world)
     model.to(dev)
     progress = progress and world.is_main
-    aug = _check_data(dataset, config)
+    dataset, aug = _prepare_data(dataset, config, dev, world)
     groups = _groups(model, objective, config)
     opts = {g: _make_optimizer(v, config) for g, v in groups.items()}
     base_lrs = {g: v["lr"] for g, v in groups.items()}
@@ -244,13 +248,17 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     return FitResult(model=model, history=history, metrics=metrics)
 
 
-def _check_data(dataset: Dataset, config: TrainConfig) -> Optional[Augment]:
-    """The run's augmentation, after checking the training inputs (non-empty, finite) and that
-    the augmentation fits them."""
+def _prepare_data(dataset: Dataset, config: TrainConfig, dev,
+                  world: ddp.World) -> tuple[Dataset, Optional[Augment]]:
+    """The dataset as the run reads it (training split placed by ``data_on_device``; the test
+    split stays where it is) and the run's augmentation, after checking the training inputs
+    (non-empty, finite: once per split object) and that the augmentation fits them."""
     if len(dataset.train) == 0:
         raise UserInputError("the training split is empty")
-    check_finite_inputs(dataset.train.x, "training inputs")
-    return Augment.for_run(config, dataset.info)
+    check_finite_split(dataset.train, "training inputs")
+    aug = Augment.for_run(config, dataset.info)
+    train = resident.place(dataset.train, config.data_on_device, dev, world)
+    return (dataset if train is dataset.train else replace(dataset, train=train)), aug
 
 
 def _make_exec(config: TrainConfig, dev, objective, world: ddp.World) -> _Exec:
@@ -310,8 +318,9 @@ def _test_accuracy(model: nn.Module, test: Split, config: TrainConfig, dev, worl
 
 def _batch(train: Split, idx: torch.Tensor, aug: Optional[Augment], gen: torch.Generator,
            w: ddp.World, dev, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's shard of the global batch ``train[idx]``, augmented on ``dev``. The
-    augmentation is drawn for the global batch before sharding: the same on every rank."""
+    """This rank's shard of the global batch ``train[idx]``, gathered where ``train`` lives
+    (``idx`` there too) and augmented on ``dev``. The augmentation is drawn on the host for the
+    global batch before sharding: the same on every rank, wherever the data live."""
     draws = aug.draw(len(idx), gen) if aug is not None else {}
     idx = ddp.shard(idx, w)
     xb = accel.batch_to(train.x[idx], dev, channels_last=False)
@@ -336,7 +345,7 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
     n, bs = len(train), config.batch_size
     seed = epoch_seed(config.seed, epoch)
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
+    perm = resident.epoch_order(torch.randperm(n, generator=gen), train)
     starts = ddp.batch_starts(n, bs, w.size, config.max_batches_per_epoch)
     forks = [dev] if dev.type == "cuda" else []
     sums = {"loss": 0.0}
