@@ -8,7 +8,10 @@ input units; normalisation lives inside the model).
 
 Deviation from the papers' recipes: by default the defense *fine-tunes* the model it is given (the
 pipeline's standard-trained base) for ``epochs`` epochs instead of training from scratch for the
-full schedule; ``from_scratch=True`` re-initialises the weights first (needs a zoo model).
+full schedule; ``from_scratch=True`` re-initialises the weights first (needs a zoo model). The
+registered defense trains with the run's training recipe (batch size, optimizer, lr, flips/crops,
+...; :meth:`~robustcompress.defenses.base.DefenseContext.train`), overriding only ``epochs``,
+and ``lr_steps`` / ``weight_decay`` when given.
 
 The AT baseline of the ANP-VS code (Madaan et al. 2020, ``run.py`` in mode ``base`` with
 ``adv_train``) is ``mix=1/3`` (``(CE(x) + 2 CE(x_adv)) / 3``), Adam 1e-3 with L2 1e-4
@@ -125,16 +128,13 @@ class AdversarialTrainingDefense(DefenseSpec):
             start.robustcompress_spec = model.robustcompress_spec
         gen = torch.Generator().manual_seed(ctx.seed)
         recipe = recipe_overrides(params.epochs, params.lr_steps, params.weight_decay)
-        fit_fn = None
-        if ctx.fit is not None:
-            def fit_fn(net, obj):
-                return ctx.fit(net, objective=obj, epochs=params.epochs, **recipe)
-        from robustcompress.training import TrainConfig
+
+        def fit_fn(net, obj):  # the run's recipe; this stage's epochs, lr steps, weight decay
+            return ctx.train(net, obj, epochs=params.epochs, **recipe)
 
         net = adversarial_training(
             start, ctx.dataset, attack=params.attack, eps=params.eps, norm=params.norm,
-            eps_scale=params.eps_scale, epochs=params.epochs,
-            config=TrainConfig(epochs=params.epochs, seed=ctx.seed, **recipe), fit_fn=fit_fn, generator=gen,
+            eps_scale=params.eps_scale, epochs=params.epochs, fit_fn=fit_fn, generator=gen,
             progress=ctx.progress, steps=params.steps, step_size=params.step_size, mix=params.mix,
             random_steps=params.random_steps, random_eps=params.random_eps,
             min_eps_fraction=params.min_eps_fraction, attack_mode=params.attack_mode)

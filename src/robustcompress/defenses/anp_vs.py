@@ -21,6 +21,15 @@ Deviations from the original are listed where they happen: mask placement
 (:func:`~robustcompress.nn.beta_bernoulli.add_bb_masks`), the reuse of forwards in V
 (:class:`~robustcompress.training.objectives.ANPVS`), and the input space of CIFAR attacks
 (here always [0, 1] pixels; the original attacked standardised images, see defenses.md).
+
+Training recipe of the registered defense (a choice): the original's optimisers are part of the
+method, so they are the objective's parameter groups (Adam, masks lr ``mask_lr`` 1e-2, weights
+lr ``weight_lr`` 1e-3 with L2 1e-4) and a run's ``optimizer``/``lr``/``momentum``/
+``weight_decay`` do not apply; ``epochs`` and the schedule (both lrs x0.1 at the ``lr_steps``
+fractions, [] = constant) are the defense's overrides (:func:`original_schedule`); everything
+else -- batch size, flips/crops, device, amp -- is the run's recipe
+(:meth:`~robustcompress.defenses.base.DefenseContext.train`). Outside a run the batch is the
+original LeNet recipe's 64.
 """
 
 from __future__ import annotations
@@ -242,14 +251,21 @@ def anp_vs(
     return net
 
 
-def default_config(epochs: int, batch_size: int = 64, seed: int = 0, lr_steps=LENET_LR_STEPS):
-    """The original LeNet schedule: learning rates x0.1 at 50% and x0.01 at 70% of training
-    (``lr_steps``; ``()`` keeps them constant, which does better in short runs: see
-    docs/reproductions/anp-vs.md)."""
-    from robustcompress.training import TrainConfig, recipe_overrides
+def original_schedule(epochs: int, lr_steps=LENET_LR_STEPS) -> dict:
+    """TrainConfig fields of the original LeNet schedule: learning rates x0.1 at 50% and x0.01 at
+    70% of ``epochs`` (``lr_steps``; ``()`` keeps them constant, which does better in short runs:
+    see docs/reproductions/anp-vs.md)."""
+    from robustcompress.training import recipe_overrides
 
-    return TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed,
-                       **recipe_overrides(epochs, lr_steps))
+    return {"epochs": epochs, "schedule": "none", "milestones": [], "gamma": 0.1,
+            **recipe_overrides(epochs, lr_steps)}
+
+
+def default_config(epochs: int, batch_size: int = 64, seed: int = 0, lr_steps=LENET_LR_STEPS):
+    """The original LeNet recipe outside a run: batch 64 and :func:`original_schedule`."""
+    from robustcompress.training import TrainConfig
+
+    return TrainConfig(batch_size=batch_size, seed=seed, **original_schedule(epochs, lr_steps))
 
 
 def probe_inputs(info, n: int = 8, seed: int = 0) -> torch.Tensor:
@@ -299,18 +315,16 @@ class ANPVSDefense(DefenseSpec):
 
     def apply(self, model: nn.Module, params: "ANPVSDefense.Params", ctx: DefenseContext) -> dict[str, nn.Module]:
         gen = torch.Generator().manual_seed(ctx.seed)
-        cfg = default_config(params.epochs, seed=ctx.seed, lr_steps=params.lr_steps)
-        fit_fn = None
-        if ctx.fit is not None:
-            def fit_fn(net, obj):  # the run's settings, with the original lr schedule
-                return ctx.fit(net, objective=obj, epochs=params.epochs, schedule=cfg.schedule,
-                               milestones=cfg.milestones, gamma=cfg.gamma)
+
+        def fit_fn(net, obj):  # the run's recipe with the original schedule (module docstring)
+            return ctx.train(net, obj, defaults={"batch_size": 64},
+                             **original_schedule(params.epochs, params.lr_steps))
+
         net = anp_vs(model, ctx.dataset, eps=params.eps, norm=params.norm, beta=params.beta,
                      lam=params.lam, steps=params.steps, step_size=params.step_size,
                      adv_weight=params.adv_weight, mask_lr=params.mask_lr,
-                     weight_lr=params.weight_lr, where=params.where, fit_fn=fit_fn, config=cfg,
-                     generator=gen,
-                     progress=ctx.progress)
+                     weight_lr=params.weight_lr, where=params.where, fit_fn=fit_fn,
+                     generator=gen, progress=ctx.progress)
         p = params.model_dump()
         if not params.export:
             return {"": record_defense(net, self.name, p, base=model)}

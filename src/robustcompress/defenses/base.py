@@ -51,10 +51,14 @@ class DefenseParams(BaseModel):
 class DefenseContext:
     """What a defense may use besides the base model.
 
-    ``fit(model, objective=None, **train_overrides) -> nn.Module`` trains with the run's training
-    settings (see :func:`robustcompress.training.fit`); ``workdir`` is a private folder for
-    checkpoints so fine-tuning resumes after a crash; ``base_models`` holds other trained models
-    of the run (e.g. a separately trained surrogate) by name.
+    A defense that trains calls :meth:`train`, never ``fit`` with a TrainConfig of its own, so
+    that inside an experiment it trains with the run's recipe. ``recipe`` is that recipe (the
+    run's ``training:`` section, the defense's own ``training:`` on top, and the run seed; None
+    outside a run); ``fit(model, objective=None, dataset=None, **overrides) -> nn.Module`` is the
+    runner's resumable training call (checkpoints in the run folder, the run's device);
+    ``workdir`` is a private folder for checkpoints so fine-tuning resumes after a crash;
+    ``base_models`` holds other trained models of the run (e.g. a separately trained surrogate)
+    by name.
     """
 
     dataset: Dataset
@@ -64,6 +68,34 @@ class DefenseContext:
     fit: Optional[Callable[..., nn.Module]] = None
     progress: bool = True
     base_models: dict[str, nn.Module] = field(default_factory=dict)
+    recipe: Optional[dict[str, Any]] = None
+
+    def train_config(self, defaults: Optional[dict[str, Any]] = None, **overrides):
+        """The :class:`~robustcompress.training.TrainConfig` of a training a defense runs: the
+        run's ``recipe`` (outside a run: TrainConfig's defaults with ``seed``, and the defense's
+        standalone ``defaults``, e.g. ANP-VS's batch of 64), then ``overrides``: only what the
+        defense itself prescribes (its epochs, its paper's schedule, a per-round seed), each
+        listed in the defense's docstring. The one place a defense's training recipe is made."""
+        from robustcompress.training import TrainConfig
+
+        base = dict(self.recipe) if self.recipe is not None else {"seed": self.seed, **(defaults or {})}
+        return TrainConfig(**{**base, **overrides})
+
+    def train(self, model: nn.Module, objective=None, *, dataset: Optional[Dataset] = None,
+              defaults: Optional[dict[str, Any]] = None, checkpoint_dir=None,
+              **overrides) -> nn.Module:
+        """Train ``model`` (in place; returned) with :meth:`train_config` on ``dataset``
+        (default: the context's; feedback learning passes its augmented set): through the
+        runner's ``fit`` when there is one, else :func:`robustcompress.training.fit` on
+        ``device`` (``checkpoint_dir``: resumable there; the runner chooses its own)."""
+        if self.fit is not None:
+            extra = {} if dataset is None else {"dataset": dataset}
+            return self.fit(model, objective=objective, **extra, **overrides)
+        from robustcompress.training import fit
+
+        return fit(model, self.dataset if dataset is None else dataset,
+                   self.train_config(defaults, **overrides), objective=objective,
+                   checkpoint_dir=checkpoint_dir, device=self.device, progress=self.progress).model
 
 
 @dataclass

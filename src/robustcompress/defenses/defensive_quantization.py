@@ -9,7 +9,10 @@ cross-entropy (or adversarial training, ``adversarial=True``) plus
 [unspecified] in the paper as recalled (defenses.md): the activation range (here ``hi = 1``, or
 learned when ``learn_range``), whether weights are quantised too (here: full precision weights),
 beta (``3e-4``, the order recalled from the paper). Deviation: the Gram of the smaller side of
-non-square weights is penalised (see :mod:`robustcompress.nn.act_quant`).
+non-square weights is penalised (see :mod:`robustcompress.nn.act_quant`). Fine-tuning (our
+choice: from the given model, ``epochs`` epochs) uses the run's training recipe (batch size,
+optimizer, lr, schedule, crops, ...) with only the epochs overridden
+(:meth:`~robustcompress.defenses.base.DefenseContext.train`; outside a run TrainConfig's defaults).
 
 Evaluation note: the quantisers are declared non-differentiable; an honest white-box attack uses
 the BPDA/STE surrogate (:func:`robustcompress.nn.straight_through`), never the zero gradient.
@@ -70,8 +73,6 @@ class DefensiveQuantizationDefense(DefenseSpec):
         steps: int = 10
 
     def apply(self, model: nn.Module, params, ctx: DefenseContext) -> dict[str, nn.Module]:
-        from robustcompress.training import TrainConfig
-
         base = None
         if params.adversarial:
             from robustcompress.attacks import ThreatModel
@@ -81,13 +82,12 @@ class DefensiveQuantizationDefense(DefenseSpec):
                                        steps=params.steps,
                                        generator=torch.Generator().manual_seed(ctx.seed))
         fit_fn = None
-        if ctx.fit is not None and params.epochs > 0:
-            def fit_fn(net, obj):
-                return ctx.fit(net, objective=obj, epochs=params.epochs)
+        if params.epochs > 0:
+            def fit_fn(net, obj):  # the run's recipe, this stage's epochs
+                return ctx.train(net, obj, epochs=params.epochs)
         net = defensive_quantization(
             model, ctx.dataset, bits=params.bits, beta=params.beta, epochs=params.epochs,
-            hi=params.hi, learn_range=params.learn_range, base_objective=base,
-            config=TrainConfig(epochs=max(params.epochs, 0), seed=ctx.seed), fit_fn=fit_fn,
+            hi=params.hi, learn_range=params.learn_range, base_objective=base, fit_fn=fit_fn,
             progress=ctx.progress)
         return {"": record_defense(net, self.name, params.model_dump(mode="json"), base=model)}
 

@@ -17,6 +17,11 @@ are not in the slides, so every unspecified choice below is ours and configurabl
   lies beyond the boundary, and it keeps its TRUE label (so retraining pushes the boundary out);
 * **rounds**: ``rounds`` repetitions of (rank, generate, retrain ``epochs`` epochs on the original
   training set plus all examples generated so far), default 2 rounds of 1 epoch.
+* **retraining recipe**: in an experiment run, the run's ``training:`` recipe (batch size,
+  optimizer, lr, schedule, weight decay, flips/crops, device, amp) with only ``epochs`` and a
+  per-round seed (run seed + round) overridden
+  (:meth:`~robustcompress.defenses.base.DefenseContext.train`); the plain
+  :func:`feedback_learning` takes a ``train_config`` (default TrainConfig's).
 """
 
 from __future__ import annotations
@@ -133,7 +138,8 @@ def generate_boundary_examples(model: nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 def feedback_learning(model: nn.Module, dataset: Dataset, *, rounds: int = 2, epochs: int = 1,
-                      pool: int = 2000, train_config=None, generator: Optional[torch.Generator] = None,
+                      pool: int = 2000, train_config=None, fit_fn=None,
+                      generator: Optional[torch.Generator] = None,
                       progress: bool = False, **gen_kw) -> tuple[nn.Module, list[dict]]:
     """Boundary-based retraining of a deep copy of ``model`` (see the module docstring).
 
@@ -143,6 +149,10 @@ def feedback_learning(model: nn.Module, dataset: Dataset, *, rounds: int = 2, ep
     pool : training points used per round for ranking and generation (random subset).
     train_config : :class:`robustcompress.training.TrainConfig` for the retraining (its epochs is
         replaced by ``epochs``; seed offset by the round).
+    fit_fn : ``fit_fn(model, augmented_dataset, round) -> model`` replaces the retraining call
+        (the registered defense passes
+        :meth:`~robustcompress.defenses.base.DefenseContext.train`); its rounds record no fit
+        metrics.
     gen_kw : passed to :func:`generate_boundary_examples`.
 
     Returns
@@ -168,12 +178,16 @@ def feedback_learning(model: nn.Module, dataset: Dataset, *, rounds: int = 2, ep
         extra_y = torch.cat([extra_y, new["y"].to(extra_y.device)])
         aug = Dataset(dataset.info, Split(torch.cat([dataset.train.x, extra_x]),
                                           torch.cat([dataset.train.y, extra_y])), dataset.test)
-        res = fit(model, aug, cfg.model_copy(update={"epochs": epochs, "seed": cfg.seed + r}),
-                  progress=progress)
-        model = res.model
+        metrics = {}
+        if fit_fn is not None:
+            model = fit_fn(model, aug, r)
+        else:
+            res = fit(model, aug, cfg.model_copy(update={"epochs": epochs, "seed": cfg.seed + r}),
+                      progress=progress)
+            model, metrics = res.model, res.metrics
         history.append({"round": r + 1, "class_scores": new["class_scores"].tolist(),
                         "tiers": new["tiers"], "generated": int(new["y"].numel()),
-                        "metrics": res.metrics})
+                        "metrics": metrics})
     record_defense(model, "feedback_learning", {"rounds": rounds, "epochs": epochs, "pool": pool})
     return model, history
 
@@ -200,12 +214,14 @@ class FeedbackLearningDefense(DefenseSpec):
         select: str = "min_margin"
 
     def apply(self, model, params, ctx):
-        from robustcompress.training import TrainConfig
-
         gen = torch.Generator().manual_seed(ctx.seed)
+
+        def fit_fn(net, data, r):  # the run's recipe; this method's epochs, a seed per round
+            return ctx.train(net, dataset=data, epochs=params.epochs, seed=ctx.seed + r)
+
         out, _ = feedback_learning(
             model, ctx.dataset, rounds=params.rounds, epochs=params.epochs, pool=params.pool,
-            train_config=TrainConfig(seed=ctx.seed), generator=gen, progress=ctx.progress,
+            fit_fn=fit_fn, generator=gen, progress=ctx.progress,
             high_frac=params.high_frac, low_frac=params.low_frac,
             per_tier=(params.n_high, params.n_medium, params.n_low),
             scale=(params.scale_min, params.scale_max), select=params.select)

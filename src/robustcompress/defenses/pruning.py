@@ -16,7 +16,10 @@ Choices the paper leaves open (documented defaults, all configurable):
   ``"global"`` uses one magnitude threshold for all layers.
 * ``keep_first_last=False`` for MNIST; the paper keeps them dense for its CIFAR-10 models.
 * retraining: ``retrain_epochs`` epochs of :func:`robustcompress.training.fit` with the run's
-  training settings (the paper's retraining length is not given); biases are never pruned.
+  training recipe (batch size, optimizer, lr, schedule, flips/crops, ...), overriding only the
+  epochs and the seed (run seed + round), via
+  :meth:`~robustcompress.defenses.base.DefenseContext.train` (the paper's retraining length is
+  not given; a retraining lr goes in the defense's ``training:``); biases are never pruned.
 * the l1 penalty is ``lam * sum_l mean_batch(||a_l||_1 / dim_l)`` over every ``nn.ReLU``.
 """
 
@@ -205,13 +208,7 @@ class PruneDefense(DefenseSpec):
 
         def retrain(m: nn.Module, k: int) -> nn.Module:
             # a per-round seed also gives each round its own fit checkpoint folder in the runner
-            kw = {"epochs": params.retrain_epochs, "seed": ctx.seed + k}
-            if ctx.fit is not None:
-                return ctx.fit(m, objective=objective, **kw)
-            from robustcompress.training import TrainConfig, fit
-
-            return fit(m, ctx.dataset, TrainConfig(**kw), objective=objective,
-                       device=ctx.device, progress=ctx.progress).model
+            return ctx.train(m, objective, epochs=params.retrain_epochs, seed=ctx.seed + k)
 
         rounds = _progressive(model, params.model_dump(), params.rounds,
                               retrain if params.retrain_epochs > 0 else None, workdir)

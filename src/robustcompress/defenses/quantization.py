@@ -15,7 +15,10 @@ Choices the paper leaves open (documented defaults, configurable): symmetric res
 quantiser with ``2^k - 1`` levels, per layer; biases stay float; every Linear/Conv is quantised
 (first and last included); mu = 255 (telephony); the mu-law mapping is a companding grid
 (``mu_mode="grid"``), or stays in the deployed weights with ``mu_mode="map"``; no QAT by default
-(the paper quantises post-training only).
+(the paper quantises post-training only). Our extension ``qat_epochs > 0`` fine-tunes the
+quantised model with straight-through gradients using the run's training recipe (batch size,
+optimizer, lr, schedule, crops, ...; :meth:`~robustcompress.defenses.base.DefenseContext.train`)
+with only the epochs overridden; give the stage its own lr in the defense's ``training:``.
 """
 
 from __future__ import annotations
@@ -118,13 +121,7 @@ class QuantizeDefense(DefenseSpec):
                      mu_law_layers=params.mu_law_layers, mu=params.mu, mu_mode=params.mu_mode)
         replace_last_params(q, params.model_dump())
         if params.qat_epochs > 0:
-            if ctx.fit is not None:
-                q = ctx.fit(q, epochs=params.qat_epochs)
-            else:
-                from robustcompress.training import TrainConfig, fit
-
-                q = fit(q, ctx.dataset, TrainConfig(epochs=params.qat_epochs, seed=ctx.seed),
-                        device=ctx.device, progress=ctx.progress).model
+            q = ctx.train(q, epochs=params.qat_epochs)
         return {"": q}
 
     def coverage(self, model, params):

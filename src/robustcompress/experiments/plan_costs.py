@@ -19,8 +19,8 @@ tensorization, xnor        (``pretrain_epochs`` +) ``finetune_epochs`` x 1 (x (a
 prune                      ``rounds`` x ``retrain_epochs`` x 1; one variant per round
 quantize                   ``qat_epochs`` x 1
 independent                the run's ``epochs`` (or its own) x 1
-feedback_learning          ``rounds`` x ``epochs`` x 1 at batch 128, plus DeepFool on ``pool``
-                           points per round
+feedback_learning          ``rounds`` x ``epochs`` x 1, plus DeepFool on ``pool`` points per
+                           round (the generated examples it adds to training are not counted)
 the others                 nothing (sap, dropout, rna, rsa, rnw, rsw, swp, dwp, feature_squeezing)
 =========================  ==================================================================
 
@@ -110,8 +110,8 @@ def defense_training(method: str, p: Any, train: dict, n_train: int, n_test: int
     """The training of one defense step (``p``: its validated params; ``train``: the run's
     training settings with the defense's overrides) as :class:`Job` s."""
     epochs, factor = _defense_epochs(method, p, train)
-    if method == "feedback_learning":  # it trains with TrainConfig's defaults, after DeepFool
-        return (training_jobs(epochs, factor, {"batch_size": 128}, n_train, n_test)
+    if method == "feedback_learning":  # the run's recipe, after DeepFool on the pool
+        return (training_jobs(epochs, factor, train, n_train, n_test)
                 + [Job("grad", deepfool_passes(10), p.rounds * min(p.pool, n_train), 256)])
     return training_jobs(epochs, factor, train, n_train, n_test)
 

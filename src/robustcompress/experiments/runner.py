@@ -252,26 +252,28 @@ class Runner(UnitWork):
     def apply_defense(self, step: VariantPlan, parent: Variant, index_path: Path) -> list[Variant]:
         """Run one defense step and save every model it returns (atomically, then the index)."""
         from robustcompress.defenses import DefenseContext, defense_records, get_defense
-        from robustcompress.training import TrainConfig, fit, save_checkpoint
+        from robustcompress.training import fit, save_checkpoint
 
         spec = get_defense(step.method)
         params = spec.Params(**step.params)
         workdir = self.out / "train" / f"{self.label_safe(step.name)}-{step.key}"
-        train_settings = {"seed": self.cfg.seed, **self.cfg.training, **step.training}
-
         calls = [0]  # a defense may train several times (progressive rounds): one folder per call
 
-        def ctx_fit(model, objective=None, **overrides):
-            tcfg = TrainConfig(**{**train_settings, **overrides})
+        def ctx_fit(model, objective=None, dataset=None, **overrides):
+            tcfg = ctx.train_config(**overrides)  # the run's recipe + the defense's overrides
             calls[0] += 1
-            sub = workdir / f"fit{calls[0]}-{stable_hash([tcfg.model_dump(mode='json'), type(objective).__name__])}"
-            return fit(model, self.dataset, tcfg, objective=objective, checkpoint_dir=sub,
-                       device=self.device, progress=self.progress and self.rank == 0,
+            parts = [tcfg.model_dump(mode="json"), type(objective).__name__]
+            if dataset is not None:  # training on its own data (feedback learning's augmented set)
+                parts.append(len(dataset.train))
+            sub = workdir / f"fit{calls[0]}-{stable_hash(parts)}"
+            return fit(model, self.dataset if dataset is None else dataset, tcfg, objective=objective,
+                       checkpoint_dir=sub, device=self.device, progress=self.progress and self.rank == 0,
                        distributed=tcfg.data_parallel is True).model
 
         ctx = DefenseContext(dataset=self.dataset, device=self.device, seed=self.cfg.seed,
                              workdir=workdir, fit=ctx_fit, progress=self.progress,
-                             base_models={parent.label: parent.model})
+                             base_models={parent.label: parent.model},
+                             recipe={"seed": self.cfg.seed, **self.cfg.training, **step.training})
         outputs = spec.apply(copy.deepcopy(parent.model), params, ctx)
         entries, produced = [], []
         for suffix, model in outputs.items():
