@@ -170,3 +170,56 @@ def test_seed_option_overrides_the_seed_and_the_default_folder(tmp_path, capsys,
     assert saved["seed"] == 7 and not (tmp_path / "runs" / "planmini").exists()
     assert main(["run", str(cfg), "--seed", "8", "--out", str(tmp_path / "mine"), "--plan"]) == 0
     assert str(tmp_path / "mine") in capsys.readouterr().out
+
+
+def test_cascade_survivors_are_assumed_then_read_from_the_store(planned_run, tmp_path):
+    """A fresh plan assumes half the points survive each cascade's first attack and says so;
+    a re-plan of the run folder sizes each cascade from the variant's stored clean and lowest
+    paper-protocol accuracy at that eps (none left: the later attacks cost nothing)."""
+    tmp, cfg, before, _summary, _ = planned_run
+    assert before.cascades == {"assumed": 7, "stored": 0}
+    assert any("50% of the points survive" in n for n in before.notes)
+    work = {}
+    for robust in (0.0, 1.0):
+        folder = tmp_path / f"robust{robust}"
+        shutil.copytree(tmp / "run", folder)
+        with sqlite3.connect(folder / "results.db") as conn:
+            conn.execute("DELETE FROM units WHERE kind='adaptive'")
+            conn.execute("UPDATE results SET robust_acc=? WHERE protocol='paper'", (robust,))
+            conn.execute("UPDATE results SET clean_acc=1.0 WHERE protocol='clean'")
+        part = plan_experiment(cfg, device="cpu", output_dir=str(folder), calibrate=False)
+        assert part.cascades == {"assumed": 0, "stored": 7}
+        assert not any("survive" in n for n in part.notes) and "stored clean" in part.notes[0]
+        work[robust] = _input_passes(part, "eval adaptive")
+    assert work[0.0] < _input_passes(before, "eval adaptive") < work[1.0]
+
+
+def _input_passes(plan, stage: str) -> float:
+    """Gradient passes x inputs of a stage (what fewer surviving points save; the work column
+    counts batches, and a cascade's later batches are smaller, not fewer)."""
+    jobs = next(s for s in plan.stages if s.name == stage).jobs
+    return sum(j.passes * j.points * j.rows for j in jobs if j.rate == "grad")
+
+
+def test_survival_shares_of_a_cascade():
+    from robustcompress.experiments.plan_costs import SURVIVING, Survival, battery_jobs
+
+    assert (Survival().first, Survival().later, Survival().assumed) == (1.0, SURVIVING, True)
+    assert (Survival(0.8).first, Survival(0.8).later) == (0.8, SURVIVING)
+    assert (Survival(0.3).later, Survival(0.9, 0.05).later, Survival(0.9, 0.05).assumed) == (0.3, 0.05, False)
+    battery = [("apgd-ce", "apgd", {"steps": 10}), ("apgd-dlr", "apgd", {"loss": "dlr", "steps": 10})]
+
+    def grad_steps(s):  # gradient passes x inputs
+        jobs = battery_jobs(battery, 100, 50, 10, False, 1, 1, s)
+        return sum(j.passes * j.points * j.rows for j in jobs if j.rate == "grad")
+
+    assert grad_steps(None) == grad_steps(Survival())
+    assert grad_steps(Survival(0.5, 0.0)) < grad_steps(Survival()) < grad_steps(Survival(1.0, 1.0))
+
+
+def test_plan_prints_what_it_assumes_about_survivors(tmp_path, capsys):
+    mini = {**MINI, "evaluation": {**MINI["evaluation"], "adaptive": True, "apgd_steps": 5,
+                                   "square_queries": 0, "check_samples": 8, "check_steps": 2}}
+    assert main(["run", str(write(tmp_path, mini, output_dir=str(tmp_path / "run"))), "--plan"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "assume 50% of the points survive the first attack" in out and "69 min" in out

@@ -177,6 +177,8 @@ def _print_plan(plan) -> None:
                   "passes (iterations x EOT draws x points / batch); time: the estimate, from a few "
                   "timed steps of the base model on this device; done units cost nothing",
                   markup=False, highlight=False)
+    for note in plan.notes:  # what the estimate assumes (e.g. how many points survive)
+        console.print(note, markup=False, highlight=False)
     console.print(f"total: {plan.summary()}", markup=False, highlight=False)
     console.print(f"run folder: {plan.output_dir}", markup=False, highlight=False, soft_wrap=True)
 

@@ -26,9 +26,11 @@ the others                 nothing (sap, dropout, rna, rsa, rnw, rsw, swp, dwp, 
 
 Evaluation (per point): an attack of ``k`` iterations costs ``k`` gradient passes x its EOT
 draws (draws are stacked in one batch), plus the verdict's MC forward passes. Assumptions (the
-constants below): :data:`SURVIVING` of the points are left for the second and later attacks of
-a cascade, and an iterative attack that stops a point at its first success (deterministic
-models) keeps that share of the batch on average; DeepFool runs :data:`DEEPFOOL_ITERATIONS`
+constants below): the first attack of a cascade sees every point and :data:`SURVIVING` of the
+points are left for the second and later attacks, unless the run's store already holds the
+variant's clean and paper-protocol accuracies (:class:`Survival`); an iterative attack that
+stops a point at its first success (deterministic models) keeps that share of the batch on
+average; DeepFool runs :data:`DEEPFOOL_ITERATIONS`
 iterations; C&W's abort-early spends :data:`CW_ABORT_EARLY` of its budget; a stochastic model's
 pass costs :data:`STOCHASTIC_FORWARD` dense ones unless the plan could time it; the masking
 checks cost :data:`CHECKS_OVERHEAD` times their passes; ``converge_eot`` runs
@@ -39,11 +41,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 #: Fraction of the points still robust after the first attack of a cascade (the later attacks
-#: run on those only), and the share of the batch an early-stopping attack keeps on average.
+#: run on those only) when the store knows nothing of the variant, and the share of the batch an
+#: early-stopping attack keeps on average. Off either way for a weak model: the FSDD SoundNet5
+#: config (every variant 0-1% adaptive) was planned at 69 min and ran in 26.
 SURVIVING = 0.5
 #: Iterations of DeepFool's batch loop (it runs until its slowest point crosses the boundary,
 #: about 10 on trained models), and the share of the points still in it on average.
@@ -218,17 +222,43 @@ def attack_jobs(cost: AttackCost, points: float, batch: int, draws: float, mc: f
             Job("step", (cost.grad + cost.forward) * cost.overhead * batches, 1, 1)]
 
 
+@dataclass
+class Survival:
+    """Shares of the evaluation points a cascade's attacks see: the first attack the points
+    classified correctly (``clean``), the later ones those still robust after it, at most the
+    lowest paper-protocol robust accuracy at that eps (``robust``: no attack of the paper
+    protocol is stronger than the cascade's first). Unknown (None): every point, and
+    :data:`SURVIVING` of them (``assumed``)."""
+
+    clean: Optional[float] = None
+    robust: Optional[float] = None
+
+    @property
+    def assumed(self) -> bool:
+        return self.robust is None
+
+    @property
+    def first(self) -> float:
+        return 1.0 if self.clean is None else self.clean
+
+    @property
+    def later(self) -> float:
+        return min(SURVIVING if self.robust is None else self.robust, self.first)
+
+
 def battery_jobs(battery: list, n: float, batch: int, num_classes: int, stochastic: bool,
-                 eot: int, mc: int) -> list[Job]:
-    """A cascade (``[(label, attack, params)]``): the first attack on all ``n`` points, the
-    others on the :data:`SURVIVING` share, which resist: they run every step."""
+                 eot: int, mc: int, survival: Optional[Survival] = None) -> list[Job]:
+    """A cascade (``[(label, attack, params)]``): the first attack on the ``survival.first`` share
+    of the ``n`` points, the others on the ``survival.later`` share, which resist: they run
+    every step (see :class:`Survival`)."""
+    s = survival or Survival()
     jobs = []
     for i, (_label, name, params) in enumerate(battery):
         cost = attack_cost(name, params, num_classes, stochastic)
         draws = eot if stochastic and name != "transfer" else 1
-        # later attacks: each batch's survivors, a smaller batch of points that resist
-        jobs += (attack_jobs(cost, n, batch, draws, mc) if i == 0 else
-                 attack_jobs(cost, n * SURVIVING, max(1, round(batch * SURVIVING)), draws, mc, share=1.0))
+        share = s.first if i == 0 else s.later  # of each batch: a smaller batch of points
+        jobs += attack_jobs(cost, n * share, max(1, round(batch * share)), draws, mc,
+                            share=None if i == 0 else 1.0)
     return jobs
 
 
@@ -261,7 +291,8 @@ def scale_jobs(jobs: list[Job], factor: float, kinds=("grad", "forward")) -> lis
 
 @dataclass
 class EvalContext:
-    """What an evaluation unit's cost depends on besides its own spec."""
+    """What an evaluation unit's cost depends on besides its own spec; :meth:`learn` takes the
+    stored rows of the variant's finished units (clean and paper-protocol accuracies)."""
 
     ev: Any  # the config's evaluation section
     metrics: Any  # the config's metrics section
@@ -269,6 +300,20 @@ class EvalContext:
     n: int  # evaluation points
     stochastic: bool
     threats: dict  # (norm, eps label) -> ThreatModel
+    clean: Optional[float] = None  # stored clean accuracy of the variant
+    robust: dict = field(default_factory=dict)  # (norm, eps label) -> lowest stored paper accuracy
+
+    def learn(self, rows: list[tuple]) -> None:
+        """Take ``(protocol, norm, eps_label, clean_acc, robust_acc)`` rows of a finished unit."""
+        for protocol, norm, eps_label, clean, robust in rows:
+            if protocol == "clean" and clean is not None:
+                self.clean = clean
+            elif protocol == "paper" and robust is not None:
+                key = (norm, eps_label)
+                self.robust[key] = min(robust, self.robust.get(key, robust))
+
+    def survival(self, norm: str, eps_label: str) -> Survival:
+        return Survival(self.clean, self.robust.get((norm, eps_label)))
 
 
 def unit_jobs(kind: str, spec: list, c: EvalContext) -> list[Job]:
@@ -316,7 +361,8 @@ def cascade_jobs(kind: str, spec: list, c: EvalContext, eot: int, mc: int) -> li
         battery = default_battery(threat, C, apgd_steps=ev.apgd_steps, square_queries=ev.square_queries,
                                   surrogate=bool(spec[2]))
     calls = Job("call", 2 * CALLS_PER_ATTACK * math.ceil(n / max(1, b)), 1, 1)  # probes, verdicts
-    jobs = [Job("forward", 2, n, b, mc), calls] + battery_jobs(battery, n, b, C, c.stochastic, eot, mc)
+    jobs = [Job("forward", 2, n, b, mc), calls] + battery_jobs(
+        battery, n, b, C, c.stochastic, eot, mc, c.survival(spec[0], spec[1]))
     if kind == "adaptive" and ev.checks:
         jobs += checks_jobs(min(ev.check_samples, b, n), ev.check_steps, b, c.stochastic, eot, mc)
     if kind == "adaptive" and ev.converge_eot and c.stochastic:
