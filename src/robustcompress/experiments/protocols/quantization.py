@@ -39,7 +39,11 @@ class QuantResult:
 def quantization_table(checkpoint: str, out: str, *, options: QuantOptions, limit: int = 1000,
                        data_dir: Optional[str] = None, train_limit: Optional[int] = None,
                        device: str = "auto", seed: int = 0, progress: bool = False) -> QuantResult:
-    """Quantise ``checkpoint`` into the run folder ``out`` (``model.*`` and ``dW.png``)."""
+    """Quantise ``checkpoint`` into the run folder ``out`` (``model.*`` and ``dW.png``).
+
+    Feedback learning (1 epoch per round) and QAT train with TrainConfig's defaults and ``seed``
+    (the command has no training options); inside ``robustcompress run`` the ``quantize`` and
+    ``feedback_learning`` defenses train with the run's recipe instead."""
     import torch
 
     from robustcompress.defenses.quantization import quantize

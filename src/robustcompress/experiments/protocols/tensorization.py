@@ -66,7 +66,13 @@ def tensorize_checkpoint(checkpoint: str, out: str, *, options: TensorizeOptions
                          device: str = "auto", seed: int = 0,
                          progress: bool = True) -> TensorizeResult:
     """Tensorize ``checkpoint`` into the run folder ``out`` (``OUT/model``); accuracy of a
-    stochastic result is the mean prediction over ``mc`` draws on ``limit`` test points."""
+    stochastic result is the mean prediction over ``mc`` draws on ``limit`` test points.
+
+    Fine-tuning (``finetune_epochs``, or 1 epoch with ``adversarial_eps``) trains with the
+    command's own recipe, not the checkpoint's: TrainConfig's defaults (Adam, flips on CIFAR-10
+    only, no crops: the paper's "random horizontal flipping" only) at ``options.lr`` and
+    ``options.batch_size``. Inside ``robustcompress run`` the ``tensorization`` defense trains
+    with the run's recipe instead."""
     import torch
 
     from robustcompress.defenses.base import defense_records, replace_last_params
