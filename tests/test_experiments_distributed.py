@@ -14,6 +14,7 @@ from robustcompress.experiments.distributed import batch_owner_indices
 CONFIG = {
     "name": "dist",
     "seed": 5,
+    "device": "cpu",  # as the 2-process run's --device cpu: gloo, and the same kernels on a GPU machine
     "dataset": {"name": "digits", "train_limit": 300},
     "model": {"name": "lenet300"},
     "training": {"epochs": 1, "optimizer": "adam", "lr": 0.003, "batch_size": 64},

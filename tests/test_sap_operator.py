@@ -12,12 +12,29 @@ from robustcompress.errors import UserInputError
 from robustcompress.nn.sap import SAP, keep_probability, num_draws, sap, sap_mask
 
 
-@pytest.fixture(params=["compiled", "torch"])
+def interpreted_triton_kernels():
+    """The CUDA sampler's Triton kernels when Triton's interpreter is on (conftest turns it on
+    where no GPU driver is present), else None."""
+    try:
+        import triton
+        from robustcompress.nn import _sap_triton
+    except ImportError:
+        return None
+    return _sap_triton if triton.knobs.runtime.interpret else None
+
+
+@pytest.fixture(params=["compiled", "torch", "triton"])
 def backend(request, monkeypatch):
-    """Run a test with the compiled CPU kernel (default on CPU) and with the vectorised torch
-    cell table (the CUDA path, and the CPU fallback without numba)."""
+    """Run a test with the compiled CPU kernel (default on CPU), the vectorised torch cell table
+    (the CPU fallback without numba, and CUDA without triton) and the CUDA Triton kernels (run by
+    Triton's interpreter on CPU tensors; skipped without triton)."""
     if request.param == "torch":
         monkeypatch.setattr(sap_module, "_compiled_kernel", lambda: None)
+    elif request.param == "triton":
+        kernels = interpreted_triton_kernels()
+        if kernels is None:
+            pytest.skip("needs triton with TRITON_INTERPRET=1 (a GPU machine tests the kernels on CUDA)")
+        monkeypatch.setattr(sap_module, "_triton_kernels", lambda device: kernels)
     elif sap_module._compiled_kernel() is None:
         pytest.skip("numba is not installed: no compiled SAP kernel")
     return request.param
@@ -147,8 +164,11 @@ def test_torch_func_grad_composes_and_vmap_support_is_as_documented(monkeypatch)
     different = torch.func.vmap(lambda t: sap(t[None], method="bernoulli"), randomness="different")(rows)
     same = torch.func.vmap(lambda t: sap(t[None], method="bernoulli"), randomness="same")(rows)
     assert (different != different[0]).any() and (same == same[0]).all()
-    with pytest.raises(RuntimeError, match="vmap"):  # exact sampler: documented as not vmappable
+    # exact sampler: documented as not vmappable, with one message naming the alternatives
+    with pytest.raises(RuntimeError, match="vmap.*stack copies of the batch.*bernoulli"):
         torch.func.vmap(lambda t: sap(t[None]), randomness="different")(h)
+    with pytest.raises(RuntimeError, match="stack copies"):  # also under grad(vmap(...))
+        torch.func.grad(lambda t: torch.func.vmap(lambda u: sap(u[None]).sum())(t).sum())(h)
 
 
 def test_all_zero_rows_and_tiny_probabilities_are_safe(backend, gen):
@@ -174,7 +194,8 @@ def test_batch_rows_are_independent_draws_with_the_same_law(backend, gen):
     h = _row()
     n = 4000
     batched = _draws(h, n, gen) != 0
-    looped = torch.stack([sap(h[None], generator=gen)[0] != 0 for _ in range(n)])
+    loops = 200 if backend == "triton" else n  # interpreted kernels: ~50 ms a call
+    looped = torch.stack([sap(h[None], generator=gen)[0] != 0 for _ in range(loops)])
     assert stats.chi2_contingency([batched.sum(0)[h != 0] + 1, looped.sum(0)[h != 0] + 1])[1] > 1e-3
     a, b = batched[0::2].double(), batched[1::2].double()
     corr = ((a - a.mean(0)) * (b - b.mean(0))).mean(0) / (a.std(0) * b.std(0) + 1e-12)
@@ -277,3 +298,39 @@ def test_unusable_compiled_kernel_falls_back_to_the_torch_sampler_with_a_warning
         monkeypatch.undo()
         sap_module._compiled_kernel.cache_clear()
     assert sap_module._compiled_kernel() is not None
+
+
+def test_unusable_triton_kernels_fall_back_to_the_torch_sampler_with_a_warning(monkeypatch):
+    kernels = pytest.importorskip("robustcompress.nn._sap_triton")
+
+    def broken(*args):
+        raise RuntimeError("PassManager::run failed")
+
+    monkeypatch.setattr(kernels, "inverse_keep", broken)
+    with pytest.warns(RuntimeWarning, match="Triton SAP sampler is unavailable"):
+        assert sap_module._cuda_kernels.__wrapped__("cpu") is None
+    assert sap_module._triton_kernels(torch.device("cpu")) is None  # only CUDA tensors use them
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
+def test_cuda_exact_sampler_law_and_reproducibility():
+    """On a GPU: the sampler CUDA tensors get (the Triton kernels where triton is installed)
+    keeps entries with probability 1 - (1 - p)^r, is unbiased, and follows the generator."""
+    h = _row().cuda()
+    n = 40000
+    gen = torch.Generator("cuda").manual_seed(0)
+    out = _draws(h, n, gen).double().cpu()
+    keep = _keep(h.cpu())
+    se = (keep * (1 - keep) / n).sqrt().clamp_min(1e-4)
+    assert (((out != 0).double().mean(0) - keep) / se).abs().max() < 5.0
+    sd = (h.cpu().double() * ((1 / keep.clamp_min(1e-300)) - 1).clamp_min(0).sqrt()) / math.sqrt(n)
+    z = (out.mean(0) - h.cpu().double()).abs() / sd.clamp_min(1e-9)
+    assert z[h.cpu() != 0].max() < 5.0
+    a = sap(h[None].expand(8, -1), generator=torch.Generator("cuda").manual_seed(4))
+    b = sap(h[None].expand(8, -1), generator=torch.Generator("cuda").manual_seed(4))
+    assert torch.equal(a, b)
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return
+    assert sap_module._triton_kernels(h.device) is not None  # not silently the slow fallback

@@ -35,7 +35,12 @@ where ``p`` and ``r p`` are small, else ``log1p``/``exp``; relative error below 
 Rows are split over ``torch.get_num_threads()`` threads when the batch is large; the result does
 not depend on the thread count.
 
-*Elsewhere* (CUDA tensors, or CPU without numba): the vectorised torch cell table below,
+*On CUDA* (when triton is installed, as it is with CUDA builds of torch): the same guide table
+in three Triton kernels without a host synchronisation (:mod:`robustcompress.nn._sap_triton`):
+the CDF from exact fixed-point prefix sums (so a parallel scan cannot make it step back), the
+draws from Philox streams seeded per row from the caller's generator, and the multiplier.
+
+*Elsewhere* (CPU without numba, CUDA without triton): the vectorised torch cell table below,
 batched over all rows:
 
 * scale each row's CDF, accumulated in float64, to ``[0, M]`` with ``M = CELLS_PER_ENTRY * D``
@@ -86,7 +91,8 @@ we always draw at least once.
 samplers do not run under ``vmap``: the compiled kernel needs real (non-batched) tensors, and the
 torch cell table uses in-place ``scatter_add_`` into a per-row table and compacts the draws that
 need a comparison or a binary search (``nonzero``, a data-dependent shape), which vmap cannot
-batch. Under ``vmap`` the exact sampler raises a ``RuntimeError`` that says so. It needs no vmap:
+batch. Under ``vmap`` the exact sampler raises a ``RuntimeError`` that says so and names the
+alternatives. It needs no vmap:
 every row of the first dimension already gets an independent draw (``granularity="sample"``),
 so EOT stacks copies of the batch instead.
 """
@@ -272,6 +278,51 @@ def _kernel_inverse_keep(a: torch.Tensor, r: int, generator: Optional[torch.Gene
     return out
 
 
+def _triton_kernels(device: torch.device):
+    """The Triton kernels for ``device`` (CUDA only), or ``None`` (triton missing or unusable)."""
+    return _cuda_kernels(str(device)) if device.type == "cuda" else None
+
+
+@functools.lru_cache(maxsize=8)
+def _cuda_kernels(device: str):
+    try:
+        from robustcompress.nn import _sap_triton
+    except ImportError:  # no triton: the vectorised torch sampler is used
+        return None
+    try:  # compile now, so that a toolchain failure falls back here once, with a warning
+        _sap_triton.inverse_keep(torch.ones(2, 8, device=device), 8,
+                                 torch.zeros(2, dtype=torch.int64, device=device), CELLS_PER_ENTRY)
+    except Exception as err:
+        warnings.warn(f"the Triton SAP sampler is unavailable ({err}); using the torch sampler "
+                      "(same law, slower)", RuntimeWarning, stacklevel=2)
+        return None
+    return _sap_triton
+
+
+def _triton_inverse_keep(h: torch.Tensor, r: int, generator: Optional[torch.Generator]
+                         ) -> Optional[torch.Tensor]:
+    """``1/keep`` where drawn, else 0, in ``h``'s dtype for rows ``h`` (B, D) by the Triton
+    kernels; ``None`` where they cannot run (not CUDA, no triton, a torch.func wrapper)."""
+    kernels = _triton_kernels(h.device)
+    if kernels is None or torch._C._functorch.is_functorch_wrapped_tensor(h):
+        return None
+    seeds = random_draw("int64", (h.shape[0],), generator, h.device)
+    return kernels.inverse_keep(h, r, seeds, CELLS_PER_ENTRY)
+
+
+def _refuse_vmap(h: torch.Tensor) -> None:
+    """One clear error for the exact sampler under ``torch.func.vmap`` (see module docstring)."""
+    functorch = torch._C._functorch
+    t = h
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            raise RuntimeError(
+                "the exact SAP sampler does not run under torch.func.vmap (its draws have a "
+                "data-dependent shape); every row of the batch already gets an independent draw, "
+                "so stack copies of the batch instead, or use method='bernoulli', which vmaps")
+        t = functorch.get_unwrapped(t)
+
+
 def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Generator] = None,
              method: str = "exact") -> torch.Tensor:
     """The SAP multiplier for ``h`` (shape of ``h``; no gradient): ``1/keep_j`` where entry ``j``
@@ -290,9 +341,15 @@ def sap_mask(h: torch.Tensor, frac: float = 1.0, *, generator: Optional[torch.Ge
         return torch.ones_like(h)
     with torch.no_grad():
         B = h.shape[0]
+        flat = h.detach().reshape(B, -1)
+        r = num_draws(flat.shape[1], frac)
+        if method == "exact":
+            _refuse_vmap(h)
+            inverse_keep = _triton_inverse_keep(flat, r, generator)
+            if inverse_keep is not None:
+                return inverse_keep.view_as(h)
         work = torch.float64 if h.dtype == torch.float64 else torch.float32
-        a = h.detach().reshape(B, -1).abs().to(work)
-        r = num_draws(a.shape[1], frac)
+        a = flat.abs().to(work)
         if method == "exact":
             inverse_keep = _kernel_inverse_keep(a, r, generator)
             if inverse_keep is not None:
