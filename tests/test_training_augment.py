@@ -198,6 +198,17 @@ def test_rank_shards_are_the_one_process_batch_augmented_alike():
             assert torch.equal(batch(ddp.World(r, world)), one[: 31 - 31 % world][r::world])
 
 
+def test_train_cli_cifar10_recipe_crops_by_default(tmp_path, data_root):
+    from robustcompress.cli import main
+
+    run = tmp_path / "cifar"
+    assert main(["train", "--dataset", "cifar10", "--model", "resnet20", "--epochs", "1",
+                 "--train-limit", "32", "--test-limit", "16", "--max-batches", "1",
+                 "--data-dir", str(data_root), "--out", str(run), "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert json.loads((run / "model.json").read_text())["config"]["crop_padding"] == 4
+
+
 def test_train_cli_crop_padding_reaches_the_config(tmp_path, capsys):
     from robustcompress.cli import main
 
@@ -206,6 +217,11 @@ def test_train_cli_crop_padding_reaches_the_config(tmp_path, capsys):
                  "--train-limit", "64", "--test-limit", "32", "--crop-padding", "2", "--out",
                  str(run), "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((run / "model.json").read_text())["config"]["crop_padding"] == 2
+    digits = tmp_path / "digits-default"  # 8x8 digits: no crop unless asked
+    assert main(["train", "--dataset", "digits", "--model", "lenet5", "--epochs", "1",
+                 "--train-limit", "64", "--test-limit", "32", "--out", str(digits),
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((digits / "model.json").read_text())["config"]["crop_padding"] == 0
     assert main(["train", "--dataset", "digits", "--crop-padding", "-1"]) == 2
     assert "crop-padding" in capsys.readouterr().err
     assert main(["train", "--help"]) == 0

@@ -25,7 +25,7 @@ RECIPES: dict[str, dict] = {
     "speech_commands": {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
                         "schedule": "cosine"},
     "cifar10": {"epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.05,
-                "weight_decay": 5e-4, "schedule": "cosine"},
+                "weight_decay": 5e-4, "schedule": "cosine", "crop_padding": 4},
 }
 
 
@@ -70,10 +70,10 @@ def train_cmd(
     schedule: Optional[str] = typer.Option(None, help="none | step | multistep | cosine [recipe]."),
     milestones: Optional[str] = typer.Option(None, help="Comma-separated epochs for multistep, e.g. 25,35."),
     gamma: float = typer.Option(0.1, help="LR decay factor of step/multistep."),
-    crop_padding: int = typer.Option(
-        0, min=0, help="Random-crop augmentation of images: pad each training image by this "
+    crop_padding: Optional[int] = typer.Option(
+        None, min=0, help="Random-crop augmentation of images: pad each training image by this "
         "many zero-valued (black) pixels per side and keep a random window of the original size; "
-        "4 is the usual CIFAR-10 recipe (with the flips cifar10 gets by default). 0 = off."),
+        "0 = off. [recipe: 4 for cifar10, the usual recipe with its default flips; else 0]"),
     seed: int = typer.Option(0, help="Seed of the data order and initialisation."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default: $ROBUSTCOMPRESS_DATA, ./data, ../shared/data)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
@@ -94,7 +94,8 @@ def train_cmd(
     train one model data parallel: --batch-size is the global batch, rank 0 prints and writes.
 
     Options left out come from the dataset's recipe (RECIPES in this module: digits 10 epochs
-    batch 64; mnist 2 epochs; fsdd 12 epochs batch 32 cosine; cifar10 SGD 0.05 cosine), then from
+    batch 64; mnist 2 epochs; fsdd 12 epochs batch 32 cosine; cifar10 SGD 0.05 cosine, flips and
+    4-pixel crops), then from
     TrainConfig's defaults (Adam 1e-3, batch 128, 2 epochs).
 
     Example: robustcompress train --dataset mnist --model lenet5 --epochs 2 --out runs/lenet5
@@ -109,12 +110,12 @@ def train_cmd(
 
     try:
         given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                 "weight_decay": weight_decay, "schedule": schedule}
+                 "weight_decay": weight_decay, "schedule": schedule, "crop_padding": crop_padding}
         recipe = {**RECIPES.get(dataset, {}), **{k: v for k, v in given.items() if v is not None}}
         config = TrainConfig(
             **recipe, momentum=momentum, gamma=gamma, seed=seed,
             milestones=[int(m) for m in milestones.split(",")] if milestones else [],
-            max_batches_per_epoch=max_batches, crop_padding=crop_padding, amp=amp,
+            max_batches_per_epoch=max_batches, amp=amp,
             channels_last=channels_last, compile=compile_, data_on_device=data_on_device)
     except (ValidationError, ValueError) as e:
         raise UserInputError(f"invalid training option: {describe_validation(e)}") from None
