@@ -1,6 +1,7 @@
 """fit(): learning, determinism, exact resume, checkpoints, objectives, bad input."""
 
 import json
+import traceback
 
 import pytest
 import torch
@@ -275,3 +276,60 @@ def test_checkpoint_replays_recorded_defenses(digits, tmp_path, defense):
     x = digits.test.x[:8]
     with freeze_noise(m), freeze_noise(back):
         assert torch.allclose(m(x), back(x), atol=1e-6)
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of tensor values by the host (item/bool/float/int go through
+    ``_local_scalar_dense``); ``tolist`` is counted by a patch (it bypasses dispatch). Adam's
+    reads of its step counters are not counted: those live on the CPU even when training on a
+    GPU (no synchronisation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and not any(
+                "torch/optim/" in f.filename for f in traceback.extract_stack(limit=12)):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("objective", [None, TwoGroups(1e-3)], ids=["one loss", "two groups"])
+def test_a_training_step_reads_the_device_once_and_checks_the_loss_before_stepping(
+        digits, monkeypatch, objective):
+    import importlib
+
+    fit_module = importlib.import_module("robustcompress.training.fit")  # the package exports fit()
+    ds, reads, original = small(digits, 96), [], fit_module._step
+
+    def counted(*args, **kw):
+        mode = _HostReads()
+        tolist = torch.Tensor.tolist
+
+        def counting_tolist(t):
+            mode.n += 1
+            return tolist(t)
+        monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+        try:
+            with mode:
+                out = original(*args, **kw)
+        finally:
+            monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+        reads.append(mode.n)
+        return out
+    monkeypatch.setattr(fit_module, "_step", counted)
+    fit(model_for(ds), ds, TrainConfig(epochs=1, batch_size=32), objective=objective, progress=False)
+    assert reads == [1, 1, 1]  # losses and the correct count together, after the forward pass
+    monkeypatch.setattr(fit_module, "_step", original)
+    m = model_for(ds)
+    calls = []
+
+    def diverge(model, x, y):
+        calls.append(1)
+        return F.cross_entropy(model(x), y) * (float("nan") if len(calls) == 2 else 1.0)
+    with pytest.raises(RuntimeError, match="became nan"):
+        fit(m, ds, TrainConfig(epochs=1, batch_size=32), objective=diverge, progress=False)
+    ref = model_for(ds)
+    fit(ref, ds, TrainConfig(epochs=1, batch_size=32, max_batches_per_epoch=1), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))

@@ -34,6 +34,7 @@ object (again after an in-place edit).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -112,7 +113,28 @@ def _optimizer_step(opt: torch.optim.Optimizer, params, ex: _Exec) -> None:
         opt.step()
 
 
-def _step(model, objective, opts, groups, x, y, ex: Optional[_Exec] = None) -> dict[str, float]:
+def _fetch(losses: dict[str, torch.Tensor], checked, extra: Optional[torch.Tensor]
+           ) -> tuple[dict[str, float], Optional[int]]:
+    """The losses' values (those named in ``checked`` must be finite scalars) and ``extra`` (a
+    count), in one device-to-host copy right after the forward pass: one synchronisation per
+    step, which leaves the backward pass, the optimizer step and the next batch to be queued
+    while the GPU works (before, the loss was read after the step, which drained the queue)."""
+    for g in checked:
+        _check_shape(losses[g], g)
+    parts = [v.detach().double().reshape(-1)[:1] for v in losses.values()]
+    if extra is not None:
+        parts.append(extra.detach().double().reshape(1))
+    host = torch.cat(parts).tolist()
+    values = dict(zip(losses, host))
+    for g in checked:
+        _check_finite(values[g], g)
+    return values, (int(host[-1]) if extra is not None else None)
+
+
+def _step(model, objective, opts, groups, x, y, ex: Optional[_Exec] = None,
+          count_correct=None) -> tuple[dict[str, float], Optional[int]]:
+    """One optimisation step; returns the logged losses and ``count_correct()`` (a device count
+    taken after the forward pass, or None)."""
     ex = ex or _Exec()
     dev = x.device
     with accel.autocast(ex.amp, dev, ex.amp_dtype):
@@ -120,17 +142,18 @@ def _step(model, objective, opts, groups, x, y, ex: Optional[_Exec] = None) -> d
     scale = ex.scaler.scale if ex.scaler is not None else (lambda t: t)
     for opt in opts.values():
         opt.zero_grad(set_to_none=True)
+    extra = count_correct() if count_correct is not None else None
     if isinstance(loss, torch.Tensor):
         if len(opts) != 1:
             raise ConfigError("the objective returned one loss but defines several parameter "
                               "groups; return a dict {group name: loss}")
-        _check_loss(loss)
+        values, correct = _fetch({"": loss}, [""], extra)
         scale(loss).backward()
         g = next(iter(groups))
         _optimizer_step(opts[g], groups[g]["params"], ex)
         if ex.scaler is not None:
             ex.scaler.update()
-        return {"loss": float(loss.detach())}
+        return {"loss": values[""]}, correct
     if not isinstance(loss, dict):
         raise TypeError(f"objective must return a Tensor or dict of Tensors, got {type(loss)}")
     missing = [g for g in groups if g not in loss]
@@ -138,8 +161,8 @@ def _step(model, objective, opts, groups, x, y, ex: Optional[_Exec] = None) -> d
         raise ConfigError(f"an objective returning a dict of losses must define param_groups(model)"
                           f" with one group per loss; groups without a loss: {missing}")
     names = list(groups)
+    values, correct = _fetch(loss, names, extra)
     for i, g in enumerate(names):  # all gradients first: stepping changes the graph's leaves
-        _check_loss(loss[g], g)
         params = groups[g]["params"]
         grads = torch.autograd.grad(scale(loss[g]), params, retain_graph=i < len(names) - 1,
                                     allow_unused=True)
@@ -149,18 +172,21 @@ def _step(model, objective, opts, groups, x, y, ex: Optional[_Exec] = None) -> d
         _optimizer_step(opts[g], groups[g]["params"], ex)
     if ex.scaler is not None:
         ex.scaler.update()
-    logged = {f"loss_{k}": float(v.detach()) for k, v in loss.items()}
-    logged["loss"] = sum(float(loss[g].detach()) for g in names)
-    return logged
+    logged = {f"loss_{k}": v for k, v in values.items()}
+    logged["loss"] = sum(values[g] for g in names)
+    return logged, correct
 
 
-def _check_loss(loss: torch.Tensor, name: str = "") -> None:
+def _check_shape(loss: torch.Tensor, name: str = "") -> None:
     if loss.dim() != 0:
         raise ValueError(f"the objective's loss{' ' + name if name else ''} must be a scalar, "
                          f"got shape {tuple(loss.shape)}")
-    if not torch.isfinite(loss):
+
+
+def _check_finite(value: float, name: str = "") -> None:
+    if not math.isfinite(value):
         raise RuntimeError(
-            f"training loss{' ' + repr(name) if name else ''} became {float(loss.detach())}; the run "
+            f"training loss{' ' + repr(name) if name else ''} became {value}; the run "
             "diverged: lower the learning rate (--lr), use a schedule or SGD, or check that the "
             "inputs are in the dataset's declared range (with a checkpoint_dir, the last finished epoch "
             "is saved and the same call resumes from it).")
@@ -362,8 +388,15 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
         for i, s in enumerate(bar):
             xb, yb = _batch(train, perm[s: s + bs], aug, gen, w, dev, config.channels_last)
             last_out.clear()
+
+            def count_correct(yb=yb):  # of the model's last forward pass, on the device
+                o = last_out.get("o")
+                if isinstance(o, torch.Tensor) and o.dim() == 2 and o.shape[0] == len(yb):
+                    return (o.detach().argmax(1) == yb).sum()
+                return None
             try:
-                logged = _step(train_model, objective, opts, groups, xb, yb, ex)
+                logged, n_correct = _step(train_model, objective, opts, groups, xb, yb, ex,
+                                          count_correct)
             except Exception as e:
                 if config.compile and accel.is_compile_failure(e):
                     raise accel.compile_error(e) from e
@@ -371,9 +404,8 @@ def _run_epoch(train_model, model, dataset, config, objective, opts, groups, bas
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v * len(yb)
             count += len(yb)
-            o = last_out.get("o")
-            if isinstance(o, torch.Tensor) and o.dim() == 2 and o.shape[0] == len(yb):
-                correct += int((o.detach().argmax(1) == yb).sum())
+            if n_correct is not None:
+                correct += n_correct
                 seen += len(yb)
             if progress and i % 10 == 0:
                 bar.set_postfix(loss=f"{logged['loss']:.4f}",
