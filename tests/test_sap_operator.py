@@ -334,3 +334,14 @@ def test_cuda_exact_sampler_law_and_reproducibility():
     except ImportError:
         return
     assert sap_module._triton_kernels(h.device) is not None  # not silently the slow fallback
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_every_sampler_keeps_the_input_dtype_and_its_law(backend, dtype, gen):
+    h = _row()
+    n = 20000
+    out = _draws(h.to(dtype), n, gen)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    keep = _keep(h.to(dtype).float())
+    se = (keep * (1 - keep) / n).sqrt().clamp_min(1e-4)
+    assert (((out != 0).double().mean(0) - keep) / se).abs().max() < 5.0

@@ -125,6 +125,8 @@ def _mask_kernel(c_ptr, drawn_ptr, out_ptr, B, D, M, r, BLOCK: tl.constexpr):
     drawn = tl.load(drawn_ptr + n, mask=ok, other=0) != 0
     keep = _keep_probability((c - prev) / M.to(tl.float64), r.to(tl.float64))
     out = tl.where(drawn & (keep > 0), 1.0 / tl.where(keep > 0, keep, 1.0), 0.0)
+    if out_ptr.dtype.element_ty != tl.float64:  # via float32, as the CPU samplers round
+        out = out.to(tl.float32)
     tl.store(out_ptr + n, out, mask=ok)
 
 
