@@ -96,8 +96,7 @@ def apgd_run(
     x_adv = x_start.detach().clone()
     obj, grad, logits = input_gradient(model, x_adv, y_loss, return_logits=True, **kw)
     best = Best.empty(x_adv)
-    best.update(torch.arange(b, device=x.device), x_adv, obj.to(x.dtype),
-                reached_goal(logits.argmax(1), y, threat.targeted), logits)
+    best.update(None, x_adv, obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted), logits)
     x_max, f_max, g_max = x_adv.clone(), obj.clone(), grad.clone()
     eta = torch.full((b,), 2.0 * threat.eps, device=x.device, dtype=x.dtype)
     x_prev = x_adv.clone()
@@ -106,7 +105,6 @@ def apgd_run(
     last_check = 0
     f_max_at_check = f_max.clone()
     reduced_at_check = torch.ones(b, dtype=torch.bool, device=x.device)
-    everyone = torch.arange(b, device=x.device)
     for i in range(1, steps + 1):
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         a = MOMENTUM if i > 1 else 1.0
@@ -114,7 +112,7 @@ def apgd_run(
         x_new = threat.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x)
         x_prev, x_adv = x_adv, x_new
         obj, grad, logits = input_gradient(model, x_adv, y_loss, return_logits=True, **kw)
-        best.update(everyone, x_adv, obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted),
+        best.update(None, x_adv, obj.to(x.dtype), reached_goal(logits.argmax(1), y, threat.targeted),
                     logits)
         history.append(obj)
         up = obj > f_max  # torch.where, not boolean indexing: no host sync per step on a GPU
@@ -142,14 +140,18 @@ def _attack(model, x, y, threat, runs, *, steps, restarts, early_stop, generator
     noise = SampleNoise(x.shape[0], generator, x.device)
     for run_loss, y_loss in runs:
         for _ in range(restarts):
-            idx = best.pending(early_stop)
-            if idx.numel() == 0:
+            idx, rows = best.pending(early_stop)  # None: all rows
+            if rows == []:
                 return best
-            start = apgd_start(x[idx], threat, noise.select(idx.tolist()))
-            yl = y_loss[idx] if y_loss is not None else None
-            best.merge(idx, apgd_run(model, x[idx], y[idx], threat, start, steps=steps, loss=run_loss,
+            xs, ys, yl = (x, y, y_loss) if idx is None else (x[idx], y[idx], _rows(y_loss, idx))
+            start = apgd_start(xs, threat, noise if rows is None else noise.select(rows))
+            best.merge(idx, apgd_run(model, xs, ys, threat, start, steps=steps, loss=run_loss,
                                      y_loss=yl, **kw))
     return best
+
+
+def _rows(t: Optional[torch.Tensor], idx: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if t is None else t[idx]
 
 
 def _clean(model, x, y, threat, kw) -> Best:

@@ -8,7 +8,9 @@ Defaults: 10 steps of ``2.5 eps / steps`` (their rule), one restart.
 Deviations (all can only make the attack stronger or cheaper, never weaker): per sample the best
 iterate over all steps and restarts is returned (a success beats a failure, then the larger loss),
 restarts run only on samples not yet fooled, and with ``early_stop`` a sample stops at its first
-success. (The clean input is not evaluated separately: that would cost one more forward pass.)
+success (frozen on the device and dropped at the next host check, see
+:mod:`~robustcompress.attacks.iterative`: no host sync per step on a GPU). (The clean input is not
+evaluated separately: that would cost one more forward pass.)
 The returned point is therefore, by default on a deterministic model, each sample's *first
 successful iterate*, not Madry et al.'s final point; for transfer or adversarial-training data
 pass ``early_stop=False``: every sample then runs all steps and restarts and gets the successful
@@ -81,11 +83,14 @@ def pgd(
     noise = SampleNoise(x.shape[0], generator, x.device) if random_start else None
     best = Best.empty(x)
     for _ in range(restarts):
-        idx = best.pending(early_stop)
-        if idx.numel() == 0:
+        idx, rows = best.pending(early_stop)  # None: all rows
+        if rows == []:
             break
-        xs, ys = x[idx], y[idx]
-        start = threat.random_start(xs, noise.select(idx.tolist())) if random_start else xs
+        xs, ys = (x, y) if idx is None else (x[idx], y[idx])
+        if random_start:
+            start = threat.random_start(xs, noise if rows is None else noise.select(rows))
+        else:
+            start = xs
         best.merge(idx, iterate(model, xs, ys, threat, start, steps=steps, step_size=step_size,
                                 early_stop=early_stop, **kw))
     params = {"steps": steps, "step_size": step_size, "random_start": random_start,

@@ -96,9 +96,7 @@ def finish(
         logits is not None
         and not is_stochastic(model)
         and resolve_draws(model, mc_samples, DEFAULT_MC_SAMPLES) == 1
-        and not bool(torch.isnan(logits).any())
-        and bool(within_budget(norm, threat.eps).all())
-        and bool(((x_adv >= threat.bounds[0]) & (x_adv <= threat.bounds[1])).all())
+        and bool(_reusable(logits, x_adv, norm, threat))
     )
     if reuse:
         pred = logits.argmax(dim=1)
@@ -109,6 +107,13 @@ def finish(
         x_adv = threat.project(x_adv, x).detach()
     return _judged(attack, params, model, x, y, x_adv, threat, budget=not project,
                    mc_samples=mc_samples, generator=generator, extra=dict(extra or {}))
+
+
+def _reusable(logits: torch.Tensor, x_adv: torch.Tensor, norm: torch.Tensor,
+              threat: ThreatModel) -> torch.Tensor:
+    """No NaN logits, every point in the ball and the box: one device flag (one host sync)."""
+    in_box = ((x_adv >= threat.bounds[0]) & (x_adv <= threat.bounds[1])).all()
+    return ~torch.isnan(logits).any() & within_budget(norm, threat.eps).all() & in_box
 
 
 def finish_minimal(attack: str, params: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
