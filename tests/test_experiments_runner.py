@@ -252,3 +252,24 @@ def test_evaluation_never_changes_a_model_not_even_a_batchnorm_surrogate(tmp_pat
     run_experiment(load_config(cfg), progress=False)
     assert set(buffers) == {"base", "indep"}
     assert all(all(same) for same in buffers.values()), buffers
+
+
+def test_result_neutral_training_options_retrain_nothing(full_run, tmp_path):
+    """data_on_device gives bit-identical models, so setting it (for the base or one defense)
+    keeps every unit's key: a re-run of a finished folder runs nothing. A real recipe change
+    (the learning rate) is another base model and retrains."""
+    out_a, _ = full_run
+    out = tmp_path / "A"
+    shutil.copytree(out_a, out)
+    defenses = [{**CONFIG["defenses"][0], "training": {"data_on_device": False}}, CONFIG["defenses"][1]]
+    neutral = {**CONFIG["training"], "data_on_device": True}
+    summary = run_experiment(load_config(write_config(tmp_path, out, training=neutral, defenses=defenses)),
+                             progress=False)
+    assert summary.units_run == 0 and summary.units_skipped > 0
+    assert rows(out) == rows(out_a)
+    changed = {**CONFIG["training"], "lr": 0.002}
+    from robustcompress.experiments.runner import Runner
+
+    keys = [Runner(load_config(write_config(tmp_path, out, training=t)), progress=False).base_key()
+            for t in (CONFIG["training"], neutral, changed)]
+    assert keys[0] == keys[1] != keys[2]

@@ -321,7 +321,7 @@ def _defense_stages(runner, stages: dict) -> list[_Planned]:
                 if len(produced[d.base]) > 1:
                     label = f"{parent.label}+{label}"
                 params = {**d.params, **combo}
-                key = stable_hash([parent.key, d.method, params, d.training])
+                key = runner.defense_key(parent.key, d, params)
                 p = get_defense(d.method).Params(**params)
                 stoch = parent.stochastic or is_stochastic(d.method, p)
                 index = runner._ckpt(key, label).with_suffix(".variants.json")

@@ -42,6 +42,7 @@ from robustcompress.experiments.config import (
 from robustcompress.experiments.config import eps_label as format_eps_label
 from robustcompress.experiments.config_sources import build_base, file_digest, key_dict
 from robustcompress.experiments.store import ResultsStore
+from robustcompress.training.config import model_identity
 from robustcompress.experiments.units import (  # noqa: F401  (mean_std, batch_slices: older imports)
     NullWriter,
     UnitWork,
@@ -140,10 +141,16 @@ class Runner(UnitWork):
 
     def base_key(self) -> str:
         c = self.cfg
-        parts = [key_dict(c.dataset), key_dict(c.model), c.training, c.seed]
+        parts = [key_dict(c.dataset), key_dict(c.model), model_identity(c.training), c.seed]
         if c.model.weights:  # replaced weights under the same path are another base model
             parts.append(file_digest(c.model.weights))
         return stable_hash(parts)
+
+    @staticmethod
+    def defense_key(parent_key: str, d, params: dict) -> str:
+        """Key of defense section ``d`` applied with ``params`` to the variant keyed ``parent_key``
+        (result-neutral training options left out: setting one retrains nothing)."""
+        return stable_hash([parent_key, d.method, params, model_identity(d.training)])
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
@@ -199,7 +206,7 @@ class Runner(UnitWork):
                     if len(produced[d.base]) > 1:  # say which of the parent's variants it builds on
                         label = f"{parent.label}+{label}"
                     params = {**d.params, **combo}
-                    key = stable_hash([parent.key, d.method, params, d.training])
+                    key = self.defense_key(parent.key, d, params)
                     step = VariantPlan(label, d.method, params, parent.label, dict(d.training), key)
                     index_path = self._ckpt(key, label).with_suffix(".variants.json")
                     if dist_util.agreed(index_path.exists()):
@@ -262,7 +269,7 @@ class Runner(UnitWork):
         def ctx_fit(model, objective=None, dataset=None, **overrides):
             tcfg = ctx.train_config(**overrides)  # the run's recipe + the defense's overrides
             calls[0] += 1
-            parts = [tcfg.model_dump(mode="json"), type(objective).__name__]
+            parts = [model_identity(tcfg.model_dump(mode="json")), type(objective).__name__]
             if dataset is not None:  # training on its own data (feedback learning's augmented set)
                 parts.append(len(dataset.train))
             sub = workdir / f"fit{calls[0]}-{stable_hash(parts)}"

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+#: Options proven not to change a trained model (bit-identical either way; tests compare them):
+#: the identity of a trained model (run-folder keys, fit folders) leaves them out, so setting one
+#: in a config never retrains a model that is already there.
+RESULT_NEUTRAL = ("data_on_device",)
+
+
+def model_identity(training: Mapping[str, Any]) -> dict:
+    """``training`` (a config's ``training`` section or a dumped TrainConfig) as it identifies a
+    trained model: without the result-neutral options (keys made before they existed still match)."""
+    return {k: v for k, v in training.items() if k not in RESULT_NEUTRAL}
 
 
 class TrainConfig(BaseModel):
