@@ -117,3 +117,18 @@ def test_plain_api_trains_with_the_defaults_on_the_context(digits, monkeypatch):
     q, anp = seen
     assert (q.batch_size, q.crop_padding, q.epochs, q.seed, q.optimizer) == (128, 0, 2, 7, "adam")
     assert (anp.batch_size, anp.epochs, anp.milestones) == (64, 2, [1])
+
+
+def test_a_fixed_defense_gets_new_keys_and_the_others_keep_theirs():
+    """A defense's revision (raised by a fix that changes its models) enters its run-folder key,
+    so a re-run rebuilds variants made before the fix; revision 0 keeps the key it always had."""
+    from types import SimpleNamespace
+
+    from robustcompress.experiments.config import stable_hash
+    from robustcompress.experiments.runner import Runner
+
+    assert get_defense("feedback_learning").revision >= 1
+    for method, (params, _) in CASES.items():
+        d = SimpleNamespace(method=method, training={"epochs": 1})
+        before = stable_hash(["parent", method, params, {"epochs": 1}])
+        assert (Runner.defense_key("parent", d, params) == before) == (get_defense(method).revision == 0)

@@ -144,6 +144,10 @@ class DefenseSpec:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     Params: ClassVar[type[DefenseParams]] = DefenseParams
+    #: Raised by one when a change makes :meth:`apply` produce another model from the same
+    #: params and recipe (a fix); run-folder keys include it when > 0, so a re-run rebuilds the
+    #: variants made before the fix instead of reusing them.
+    revision: ClassVar[int] = 0
 
     def apply(self, model: nn.Module, params: DefenseParams, ctx: DefenseContext) -> dict[str, nn.Module]:
         """Convert (and, if the method needs it, train/fine-tune) a deep copy of ``model``."""

@@ -199,6 +199,7 @@ class FeedbackLearningDefense(DefenseSpec):
     name = "feedback_learning"
     paper = ("Song, Fallon & Li, Improving Adversarial Robustness in Weight-quantized Neural "
              "Networks, AAAI-21 RSEML workshop (feedback learning)")
+    revision = 1  # 1 (2026-12-05): trains with the run's recipe (before: TrainConfig defaults)
 
     class Params(DefenseParams):
         rounds: int = Field(2, ge=1)

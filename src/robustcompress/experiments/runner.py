@@ -149,8 +149,13 @@ class Runner(UnitWork):
     @staticmethod
     def defense_key(parent_key: str, d, params: dict) -> str:
         """Key of defense section ``d`` applied with ``params`` to the variant keyed ``parent_key``
-        (result-neutral training options left out: setting one retrains nothing)."""
-        return stable_hash([parent_key, d.method, params, model_identity(d.training)])
+        (result-neutral training options left out: setting one retrains nothing; the defense's
+        ``revision`` in when > 0: a fixed defense rebuilds its variants)."""
+        from robustcompress.defenses import get_defense
+
+        parts = [parent_key, d.method, params, model_identity(d.training)]
+        revision = get_defense(d.method).revision
+        return stable_hash(parts + [{"revision": revision}] if revision else parts)
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunSummary:
