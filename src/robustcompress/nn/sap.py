@@ -255,12 +255,9 @@ def _kernel_inverse_keep(a: torch.Tensor, r: int, generator: Optional[torch.Gene
     """``1/keep`` where drawn, else 0, for CPU rows ``a`` (B, D) by the compiled kernel; ``None``
     where it cannot run (numba missing, or ``a`` is a torch.func wrapper without storage)."""
     kernel = _compiled_kernel()
-    if kernel is None or a.device.type != "cpu":
+    if kernel is None or a.device.type != "cpu" or _functorch_wrapped(a):
         return None
-    try:
-        arr = a.numpy()
-    except RuntimeError:  # torch.func.grad / vmap wrappers have no storage
-        return None
+    arr = a.numpy()
     B = a.shape[0]
     # one 64-bit stream seed per row, drawn from the caller's generator
     seeds = random_draw("int64", (B,), generator, a.device).numpy().view(np.uint64)
@@ -304,17 +301,23 @@ def _triton_inverse_keep(h: torch.Tensor, r: int, generator: Optional[torch.Gene
     """``1/keep`` where drawn, else 0, in ``h``'s dtype for rows ``h`` (B, D) by the Triton
     kernels; ``None`` where they cannot run (not CUDA, no triton, a torch.func wrapper)."""
     kernels = _triton_kernels(h.device)
-    if kernels is None or torch._C._functorch.is_functorch_wrapped_tensor(h):
+    if kernels is None or _functorch_wrapped(h):
         return None
     seeds = random_draw("int64", (h.shape[0],), generator, h.device)
     return kernels.inverse_keep(h, r, seeds, CELLS_PER_ENTRY)
+
+
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a torch.func (grad / vmap) wrapper: no storage, so the compiled kernels,
+    which read memory directly, cannot take it (the torch samplers can)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def _refuse_vmap(h: torch.Tensor) -> None:
     """One clear error for the exact sampler under ``torch.func.vmap`` (see module docstring)."""
     functorch = torch._C._functorch
     t = h
-    while functorch.is_functorch_wrapped_tensor(t):
+    while _functorch_wrapped(t):
         if functorch.is_batchedtensor(t):
             raise RuntimeError(
                 "the exact SAP sampler does not run under torch.func.vmap (its draws have a "
