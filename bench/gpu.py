@@ -57,7 +57,9 @@ from train_throughput import images_per_second, synthetic  # noqa: E402
 from robustcompress.attacks import ThreatModel, run_attack  # noqa: E402
 from robustcompress.data.info import Dataset, Split  # noqa: E402
 from robustcompress.defenses.sap import sap  # noqa: E402
+import robustcompress.attacks.seeds as seeds_module  # noqa: E402
 import robustcompress.nn.sap as sap_module  # noqa: E402
+from robustcompress.attacks.seeds import SampleNoise  # noqa: E402
 from robustcompress.models import build_model  # noqa: E402
 
 #: sizes per mode; the command-line overrides win.
@@ -166,6 +168,34 @@ def attack_part(kind: str, steps: int):
                 f"{med['robustcompress']:.4f} s", f"{med['bare']:.4f} s",
                 f"{r['ratio_median']:.3f}x (best {r['ratio_best']:.3f}x)", "<= 1.05x")
     return run
+
+
+def part_noise(ctx: Ctx) -> None:
+    """A random start's noise for the batch: SampleNoise (per-sample streams, batch-invariant)
+    vs one ``torch.rand`` of the batch; on CUDA also the per-sample generators (the fallback
+    without triton), for comparison."""
+    x, reps = ctx.x, ctx.p["reps"]
+    kernel = seeds_module._noise_kernels(ctx.dev)
+    name = "Philox kernel" if kernel is not None else "per-sample generators"
+    gen = torch.Generator(device=ctx.dev).manual_seed(1)
+    runs = {"plain": lambda: torch.rand(x.shape, generator=gen, device=ctx.dev),
+            name: lambda: SampleNoise(len(x), torch.Generator().manual_seed(1), ctx.dev).rand(x)}
+    if kernel is not None:
+        def generators():
+            saved = seeds_module._noise_kernels
+            seeds_module._noise_kernels = lambda device: None
+            try:
+                return SampleNoise(len(x), torch.Generator().manual_seed(1), ctx.dev).rand(x)
+            finally:
+                seeds_module._noise_kernels = saved
+        runs["per-sample generators"] = generators
+    best = {label: _time(ctx.synced(fn), reps) for label, fn in runs.items()}
+    for label in list(runs)[1:]:
+        ratio = best[label] / best["plain"]
+        print(f"RESULT noise: {label} {best[label] * 1e3:.2f} ms, one torch.rand "
+              f"{best['plain'] * 1e3:.2f} ms, ratio {ratio:.2f}x (best of {reps}), batch {len(x)}")
+        ctx.row(f"random-start noise, {label} / one torch.rand, batch {len(x)}",
+                f"{best[label] * 1e3:.2f} ms", f"{best['plain'] * 1e3:.2f} ms", f"{ratio:.2f}x", "-")
 
 
 def _sampler_name(dev: torch.device) -> str:
@@ -395,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     run_part(ctx, "data", lambda c: part_data(c, how))
     if ctx.x is None and how != "synthetic":  # a failed real load still leaves tensors to time
         run_part(ctx, "data-fallback", lambda c: part_data(c, "synthetic"))
-    parts = [(f"pgd-{s}", attack_part("pgd", s)) for s in p["pgd_steps"]]
+    parts = [("noise", part_noise)] + [(f"pgd-{s}", attack_part("pgd", s)) for s in p["pgd_steps"]]
     parts += [(f"apgd-{p['apgd_steps']}", attack_part("apgd", p["apgd_steps"])),
               ("sap", part_sap), ("train", part_train),
               ("eot", lambda c: part_eot(c, args.max_rows)), ("train-at", part_train_at)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
-PARTS = ["pgd-10", "pgd-40", "apgd-10", "sap", "train", "eot", "train-at"]
+PARTS = ["noise", "pgd-10", "pgd-40", "apgd-10", "sap", "train", "eot", "train-at"]
 
 
 @pytest.fixture(scope="module")

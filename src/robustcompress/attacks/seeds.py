@@ -2,7 +2,7 @@
 
 * :func:`draw_seed` and :func:`child_generator`: one seed (or a fresh generator seeded with it)
   drawn from the caller's generator, so a sub-computation's randomness is reproducible.
-* :class:`SampleNoise`: randomness drawn per sample from per-sample generators seeded in order from
+* :class:`SampleNoise`: randomness drawn per sample from per-sample streams seeded in order from
   the caller's generator, so random starts do not depend on how the data is batched.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+
+from robustcompress.triton_support import cuda_kernels
 
 
 def draw_seed(generator: Optional[torch.Generator]) -> int:
@@ -28,51 +30,111 @@ class SampleNoise:
     """Per-sample random streams, so random starts do not depend on how the data is batched.
 
     One seed per sample is drawn *in order* from ``generator`` (or the global RNG when ``None``);
-    each sample then has its own ``torch.Generator`` on the inputs' device. The caller's generator
-    advances by exactly ``n`` draws, so attacking ``x[:k]`` then ``x[k:]`` with one generator gives
-    the same noise as attacking ``x`` at once.
+    each sample then has its own stream on the inputs' device. The caller's generator advances by
+    exactly ``n`` draws, so attacking ``x[:k]`` then ``x[k:]`` with one generator gives the same
+    noise as attacking ``x`` at once. A stream is a ``torch.Generator`` per sample on CPU (or
+    without triton), and on CUDA a counter-based Philox stream per sample, one launch a batch
+    (:mod:`robustcompress.attacks._noise_triton`): the same seeds give other numbers there.
     """
 
     def __init__(self, n: int, generator: Optional[torch.Generator], device: torch.device):
         self.device = torch.device(device)
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        if gdev.type == "cpu":
-            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
-        else:  # one draw per call: CUDA generators are not prefix-consistent across sizes
-            seeds = [draw_seed(generator) for _ in range(n)]
-        self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        kernels = _noise_kernels(self.device)
+        if kernels is None:
+            seeds = _seeds(n, generator, host=True)
+            self._streams = _GeneratorStreams(seeds.tolist() if torch.is_tensor(seeds) else seeds,
+                                              self.device)
+        else:
+            self._streams = _PhiloxStreams(kernels, _seeds(n, generator, host=False), self.device)
+        self._rows: Optional[list[int]] = None  # the rows of the streams this object draws from
 
     def select(self, index) -> "SampleNoise":
         """The streams of rows ``index`` (shared, not copied: drawing from the view advances them)."""
         view = SampleNoise.__new__(SampleNoise)
-        view.device = self.device
-        view.generators = [self.generators[int(i)] for i in index]
+        view.device, view._streams = self.device, self._streams
+        index = [int(i) for i in index]
+        view._rows = index if self._rows is None else [self._rows[i] for i in index]
         return view
 
-    def _rows(self, index) -> list[torch.Generator]:
-        if index is None:
-            return self.generators
-        return [self.generators[int(i)] for i in index]
-
-    def _draw(self, like: torch.Tensor, shape, index, fn) -> torch.Tensor:
-        gens = self._rows(index)
-        if len(gens) != like.shape[0]:
-            raise ValueError(f"{len(gens)} sample streams for a batch of {like.shape[0]}")
-        if not gens:
+    def _draw(self, like: torch.Tensor, shape, index, normal: bool) -> torch.Tensor:
+        rows = self._rows
+        if index is not None:
+            index = [int(i) for i in index]
+            rows = index if rows is None else [rows[i] for i in index]
+        count = self._streams.n if rows is None else len(rows)
+        if count != like.shape[0]:
+            raise ValueError(f"{count} sample streams for a batch of {like.shape[0]}")
+        if count == 0:
             return like.new_empty((0, *shape))
-        return torch.stack([fn(shape, generator=g, device=like.device, dtype=like.dtype) for g in gens])
+        return self._streams.draw(rows, (count, *shape), like.dtype, like.device, normal)
 
     def rand(self, like: torch.Tensor, index=None) -> torch.Tensor:
         """Uniform [0, 1) noise shaped like ``like`` (one row per sample)."""
-        return self._draw(like, like.shape[1:], index, torch.rand)
+        return self._draw(like, like.shape[1:], index, normal=False)
 
     def randn(self, like: torch.Tensor, index=None) -> torch.Tensor:
         """Standard normal noise shaped like ``like``."""
-        return self._draw(like, like.shape[1:], index, torch.randn)
+        return self._draw(like, like.shape[1:], index, normal=True)
 
     def rand_per_sample(self, like: torch.Tensor, index=None) -> torch.Tensor:
         """One uniform [0, 1) number per sample, shape [B]."""
-        return self._draw(like, (), index, torch.rand)
+        return self._draw(like, (), index, normal=False)
+
+
+def _seeds(n: int, generator: Optional[torch.Generator], host: bool):
+    """``n`` seeds drawn in order from ``generator``: a CPU tensor, or where the generator is on
+    an accelerator a list of host ints (``host``) or a tensor on its device (no host sync)."""
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    if gdev.type == "cpu":
+        return torch.randint(0, 2**62, (n,), generator=generator)
+    # one draw per call: CUDA generators are not prefix-consistent across sizes
+    if host:
+        return [draw_seed(generator) for _ in range(n)]
+    draws = [torch.randint(0, 2**62, (1,), generator=generator, device=gdev) for _ in range(n)]
+    return torch.cat(draws) if draws else torch.empty(0, dtype=torch.int64, device=gdev)
+
+
+class _GeneratorStreams:
+    """One ``torch.Generator`` per sample (CPU, or CUDA without triton)."""
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.n = len(seeds)
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def draw(self, rows, shape, dtype, device, normal: bool) -> torch.Tensor:
+        gens = self.generators if rows is None else [self.generators[i] for i in rows]
+        fn = torch.randn if normal else torch.rand
+        return torch.stack([fn(shape[1:], generator=g, device=device, dtype=dtype) for g in gens])
+
+
+class _PhiloxStreams:
+    """Counter-based streams: a seed and a draw count per sample, on the device."""
+
+    def __init__(self, kernels, seeds: torch.Tensor, device: torch.device):
+        self.n, self.kernels = len(seeds), kernels
+        self.seeds = seeds.to(device, non_blocking=True)  # without waiting for the device's queue
+        self.draws = torch.zeros(self.n, dtype=torch.int64, device=device)
+
+    def draw(self, rows, shape, dtype, device, normal: bool) -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype, device=self.seeds.device)
+        if rows is None:
+            self.kernels.fill(out, self.seeds, self.draws, normal)
+            self.draws += 1
+        else:
+            idx = torch.tensor(rows, dtype=torch.int64).to(self.seeds.device, non_blocking=True)
+            self.kernels.fill(out, self.seeds[idx], self.draws[idx], normal)
+            self.draws.index_add_(0, idx, torch.ones_like(idx))
+        return out.to(device)
+
+
+def _noise_kernels(device: torch.device):
+    """The Triton kernel for ``device`` (CUDA only), or ``None`` (per-sample generators)."""
+    return cuda_kernels(device, "robustcompress.attacks._noise_triton", _warm_up, "sample noise")
+
+
+def _warm_up(kernels, device: str) -> None:
+    zeros = torch.zeros(2, dtype=torch.int64, device=device)
+    kernels.fill(torch.empty(2, 8, device=device), zeros, zeros, True)
 
 
 __all__ = ["SampleNoise", "child_generator", "draw_seed"]

@@ -110,6 +110,7 @@ import torch
 from torch import nn
 
 from robustcompress.errors import UserInputError
+from robustcompress.triton_support import cuda_kernels
 
 METHODS = ("exact", "bernoulli")
 CELLS_PER_ENTRY = 2
@@ -277,23 +278,12 @@ def _kernel_inverse_keep(a: torch.Tensor, r: int, generator: Optional[torch.Gene
 
 def _triton_kernels(device: torch.device):
     """The Triton kernels for ``device`` (CUDA only), or ``None`` (triton missing or unusable)."""
-    return _cuda_kernels(str(device)) if device.type == "cuda" else None
+    return cuda_kernels(device, "robustcompress.nn._sap_triton", _warm_up, "SAP sampler")
 
 
-@functools.lru_cache(maxsize=8)
-def _cuda_kernels(device: str):
-    try:
-        from robustcompress.nn import _sap_triton
-    except ImportError:  # no triton: the vectorised torch sampler is used
-        return None
-    try:  # compile now, so that a toolchain failure falls back here once, with a warning
-        _sap_triton.inverse_keep(torch.ones(2, 8, device=device), 8,
-                                 torch.zeros(2, dtype=torch.int64, device=device), CELLS_PER_ENTRY)
-    except Exception as err:
-        warnings.warn(f"the Triton SAP sampler is unavailable ({err}); using the torch sampler "
-                      "(same law, slower)", RuntimeWarning, stacklevel=2)
-        return None
-    return _sap_triton
+def _warm_up(kernels, device: str) -> None:
+    kernels.inverse_keep(torch.ones(2, 8, device=device), 8,
+                         torch.zeros(2, dtype=torch.int64, device=device), CELLS_PER_ENTRY)
 
 
 def _triton_inverse_keep(h: torch.Tensor, r: int, generator: Optional[torch.Generator]
