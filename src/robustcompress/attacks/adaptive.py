@@ -163,14 +163,8 @@ def evaluate_robustness(
     _check_call(model, x, y, threat, attacks, bpda)
     y = y.long()
     model, undeclared = declare_randomness(model, x)
-    props = model_properties(model)
-    seed = draw_seed(generator)
-    run = _Run(model, x, y, threat, props,
-               eot=(DEFAULT_EOT if eot_samples is None else int(eot_samples)) if props.stochastic else 1,
-               mc=(DEFAULT_MC if mc_samples is None else int(mc_samples)) if props.stochastic else 1,
-               bpda=bpda if props.non_differentiable else None,
-               master=_new_generator(seed, torch.device("cpu")), seed=seed, batch_size=batch_size,
-               max_rows=max_rows, say=_printer(progress))
+    run = _start_run(model, x, y, threat, generator, eot_samples=eot_samples, mc_samples=mc_samples,
+                     bpda=bpda, batch_size=batch_size, max_rows=max_rows, progress=progress)
     start_total = time.perf_counter()
     clean_seed, clean_correct, num_classes = _clean_verdict(run)
     m = min(run.n, int(check_samples))
@@ -183,21 +177,43 @@ def evaluate_robustness(
     records = [_cascade_step(run, state, i, entry, surrogate_model)
                for i, entry in enumerate(battery)]
     true_prob = _true_prob(run, state)
-    flags: list[Flag] = [check_undeclared_randomness(undeclared)] if undeclared else []
-    if checks and run.n:
-        flags += _masking_flags(run, records, m, check_steps, tol, grad_flag)
-    for f in flags:
-        if f.raised:
-            run.say(f.line())
+    flags = _evaluation_flags(run, undeclared, records, checks, m, check_steps, tol, grad_flag)
     run.timings["total"] = time.perf_counter() - start_total
     settings = {
-        **_run_settings(run, seed, clean_seed, battery), "gradient_free_forced": forced,
+        **_run_settings(run, run.seed, clean_seed, battery), "gradient_free_forced": forced,
         "undeclared_randomness": undeclared, "n_restarts": n_restarts, "apgd_steps": apgd_steps,
         "square_queries": square_queries, "batch_size": batch_size, "max_rows": max_rows,
         "checks": {"enabled": checks, "samples": m, "steps": check_steps, "tol": tol},
         "surrogate_model": surrogate_model is not None,
     }
     return state.report(run, records, flags, clean_correct, true_prob, settings)
+
+
+def _start_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+               generator: Optional[torch.Generator], *, eot_samples: Optional[int],
+               mc_samples: Optional[int], bpda: str, batch_size: Optional[int],
+               max_rows: Optional[int], progress: bool) -> "_Run":
+    """The shared state: draws and BPDA by what the model declares, the master seed drawn."""
+    props = model_properties(model)
+    seed = draw_seed(generator)
+    return _Run(model, x, y, threat, props,
+                eot=(DEFAULT_EOT if eot_samples is None else int(eot_samples)) if props.stochastic else 1,
+                mc=(DEFAULT_MC if mc_samples is None else int(mc_samples)) if props.stochastic else 1,
+                bpda=bpda if props.non_differentiable else None,
+                master=_new_generator(seed, torch.device("cpu")), seed=seed, batch_size=batch_size,
+                max_rows=max_rows, say=_printer(progress))
+
+
+def _evaluation_flags(run: "_Run", undeclared: bool, records: list, checks: bool, m: int,
+                      steps: int, tol: float, grad_flag: Optional[Flag]) -> list[Flag]:
+    """Undeclared randomness and (``checks``) the masking checks; raised flags are printed."""
+    flags: list[Flag] = [check_undeclared_randomness(undeclared)] if undeclared else []
+    if checks and run.n:
+        flags += _masking_flags(run, records, m, steps, tol, grad_flag)
+    for f in flags:
+        if f.raised:
+            run.say(f.line())
+    return flags
 
 
 def _true_prob(run: "_Run", state: "_Cascade") -> torch.Tensor:

@@ -305,12 +305,22 @@ def masking_checks(
     white = min(acc_k, acc_4k, acc_fgsm) if whitebox_accuracy is None else whitebox_accuracy
     others = dict(blackbox_accuracies or {})
     if square_queries > 0 and threat.norm == "linf":
-        others["square"] = run_attack(
-            "square", model, x, y, threat, generator=child_generator(generator, x.device),
-            n_queries=square_queries,
-            eot_samples=eot if stochastic else None, **common,
-        ).robust_accuracy
-    if others:
-        name, worst = min(others.items(), key=lambda kv: kv[1])
-        flags.append(check_blackbox_stronger(white, worst, name, tol))
-    return flags
+        others["square"] = _square_accuracy(model, x, y, threat, generator, square_queries,
+                                            eot if stochastic else None, common)
+    return flags + _blackbox_flags(white, others, tol)
+
+
+def _square_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                     generator: Optional[torch.Generator], n_queries: int,
+                     eot_samples: Optional[int], common: dict) -> float:
+    """Robust accuracy left by Square (gradient-free) with ``n_queries`` queries."""
+    return run_attack("square", model, x, y, threat, generator=child_generator(generator, x.device),
+                      n_queries=n_queries, eot_samples=eot_samples, **common).robust_accuracy
+
+
+def _blackbox_flags(white: float, others: dict[str, float], tol: float) -> list[Flag]:
+    """The black-box-vs-white-box flag for the worst of ``others``; none when it is empty."""
+    if not others:
+        return []
+    name, worst = min(others.items(), key=lambda kv: kv[1])
+    return [check_blackbox_stronger(white, worst, name, tol)]

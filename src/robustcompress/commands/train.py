@@ -101,26 +101,15 @@ def train_cmd(
     Example: robustcompress train --dataset mnist --model lenet5 --epochs 2 --out runs/lenet5
     """
     import torch
-    from pydantic import ValidationError
 
     from robustcompress.device import resolve_device
-    from robustcompress.metrics.compression import count_macs, count_parameters, exported_bytes
-    from robustcompress.models import build_model
-    from robustcompress.training import TrainConfig, fit
+    from robustcompress.models import build_model, list_models
 
-    try:
-        given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                 "weight_decay": weight_decay, "schedule": schedule, "crop_padding": crop_padding}
-        recipe = {**RECIPES.get(dataset, {}), **{k: v for k, v in given.items() if v is not None}}
-        config = TrainConfig(
-            **recipe, momentum=momentum, gamma=gamma, seed=seed,
-            milestones=[int(m) for m in milestones.split(",")] if milestones else [],
-            max_batches_per_epoch=max_batches, amp=amp,
-            channels_last=channels_last, compile=compile_, data_on_device=data_on_device)
-    except (ValidationError, ValueError) as e:
-        raise UserInputError(f"invalid training option: {describe_validation(e)}") from None
-    from robustcompress.models import list_models
-
+    config = _train_config(
+        dataset, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                  "weight_decay": weight_decay, "schedule": schedule, "crop_padding": crop_padding},
+        milestones, momentum=momentum, gamma=gamma, seed=seed, max_batches_per_epoch=max_batches,
+        amp=amp, channels_last=channels_last, compile=compile_, data_on_device=data_on_device)
     if model not in list_models():  # before the (slow) data load
         raise UserInputError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     dev = resolve_device(device)
@@ -130,7 +119,32 @@ def train_cmd(
     torch.manual_seed(seed)  # weight initialisation (the CLI owns its process's global RNG)
     net = build_model(model, data.info)
     run = Path(out or f"runs/{dataset}-{model}-s{seed}")
+    res, rank = _fit(net, data, config, run, dev, progress=progress, resume=resume)
+    if rank != 0:
+        return  # other ranks stay quiet
+    _print_rows("robustcompress train",
+                _train_rows(data, model, net, config, seed, dev, load_s, res, run))
+
+
+def _train_config(dataset: str, chosen: dict, milestones: Optional[str], **options):
+    """The dataset's recipe overridden by the ``chosen`` options that are not None, plus
+    ``options``, as a TrainConfig; an invalid value is a :class:`UserInputError`."""
+    from pydantic import ValidationError
+
+    from robustcompress.training import TrainConfig
+
+    try:
+        recipe = {**RECIPES.get(dataset, {}), **{k: v for k, v in chosen.items() if v is not None}}
+        ms = [int(m) for m in milestones.split(",")] if milestones else []
+        return TrainConfig(**recipe, milestones=ms, **options)
+    except (ValidationError, ValueError) as e:
+        raise UserInputError(f"invalid training option: {describe_validation(e)}") from None
+
+
+def _fit(net, data, config, run: Path, dev, *, progress: bool, resume: bool):
+    """``(fit's result, this process's rank)``: data parallel when torchrun launched it."""
     from robustcompress.experiments import distributed as du
+    from robustcompress.training import fit
 
     started = not du.is_distributed() and du.init_from_env(dev)  # launched by torchrun
     rank = du.rank_and_world()[0]
@@ -142,10 +156,16 @@ def train_cmd(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if rank != 0:
-        return  # other ranks stay quiet
+    return res, rank
+
+
+def _train_rows(data, model: str, net, config, seed: int, dev, load_s: float, res,
+                run: Path) -> list[tuple[str, str]]:
+    """The summary table of a finished `train`."""
+    from robustcompress.metrics.compression import count_macs, count_parameters, exported_bytes
+
     m = res.metrics
-    rows = [
+    return [
         ("dataset", f"{data.info.name} ({len(data.train)} train / {len(data.test)} test)"
                     + (f" - {data.info.note}" if data.info.note else "")),
         ("model", f"{model}: {count_parameters(net):,} parameters, "
@@ -157,7 +177,6 @@ def train_cmd(
         ("time", f"data {load_s:.1f}s, training {sum(h.get('seconds', 0) for h in res.history):.1f}s"),
         ("checkpoint", str(run / "model")),
     ]
-    _print_rows("robustcompress train", rows)
 
 
 def _render_confusion(record: dict, info, split: str, s: dict) -> None:

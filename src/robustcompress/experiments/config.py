@@ -1,4 +1,5 @@
-"""Experiment configuration: a validated YAML schema, grid expansion and error locations.
+"""Experiment configuration: a validated YAML schema and error locations (grid expansion lives in
+:mod:`robustcompress.experiments.config_expand`; its names are re-exported here).
 
 One YAML file describes the whole pipeline (see ``configs/demo.yaml``)::
 
@@ -26,9 +27,6 @@ Validation errors name the key path, what is allowed, and the line in the file.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
 import math
 from pathlib import Path
@@ -44,6 +42,12 @@ from robustcompress.experiments.config_checks import (
     grid_size,
     load_yaml,
     safe_run_name,
+)
+from robustcompress.experiments.config_expand import (  # noqa: F401  (re-exported: older imports)
+    expand_grid,
+    expanded_dict,
+    stable_hash,
+    variant_label,
 )
 from robustcompress.experiments.config_sources import (  # noqa: F401  (part of this schema)
     DatasetSection,
@@ -403,50 +407,3 @@ def _evaluation_problems(cfg: ExperimentConfig, where) -> list[str]:
             problems.append(f"{where(('evaluation', 'paper', i, 'attack'))}: evaluation.paper[{i}].attack: "
                             f"unknown attack {a.attack!r}; choose one of {', '.join(sorted(attacks))}")
     return problems
-
-
-# ----------------------------------------------------------------------------------------------
-# Expansion
-
-
-def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Cartesian product of a ``{param: [values]}`` grid, in key order."""
-    if not grid:
-        return []
-    keys = list(grid)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
-
-
-def _fmt(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v
-
-
-def variant_label(name: str, combo: dict[str, Any]) -> str:
-    if not combo:
-        return name
-    return name + "[" + ",".join(f"{k}={_fmt(v)}" for k, v in combo.items()) + "]"
-
-
-def stable_hash(obj: Any, n: int = 12) -> str:
-    """Short sha256 of a JSON-serialisable object (sorted keys)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:n]
-
-
-def expanded_dict(cfg: ExperimentConfig) -> dict:
-    """The fully expanded configuration (what ``config show`` prints)."""
-    d = cfg.model_dump(mode="json")
-    from robustcompress.training import TrainConfig
-
-    d["training"] = TrainConfig(**cfg.training).model_dump(mode="json")
-    variants = []
-    for dfn in cfg.defenses:
-        from robustcompress.defenses import get_defense
-
-        spec = get_defense(dfn.method)
-        for combo in expand_grid(dfn.grid) or [{}]:
-            params = spec.Params(**{**dfn.params, **combo}).model_dump(mode="json")
-            variants.append({"variant": variant_label(dfn.name, combo), "method": dfn.method,
-                             "base": dfn.base, "params": params})
-    d["variants"] = variants
-    return d
