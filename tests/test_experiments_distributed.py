@@ -1,7 +1,6 @@
 """Sharded evaluation under torchrun (2 CPU processes, gloo) equals the 1-process run exactly."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -51,10 +50,9 @@ def test_two_process_gloo_evaluation_matches_single_process(tmp_path):
         (tmp_path / f"{out.name}.yaml").write_text(yaml.safe_dump({**CONFIG, "output_dir": str(out)}))
     run_experiment(load_config(tmp_path / "one.yaml"), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:  # a free port: a fixed one collides with concurrent runs
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    # --standalone: torchrun picks a free port itself (a port found here first could be taken by
+    # a concurrent run before torchrun binds it)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "robustcompress.cli", "run", str(tmp_path / "two.yaml"), "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,7 +7,6 @@ booby-trapped, so the run fails if any rank but 0 writes a checkpoint.
 
 import importlib
 import json
-import socket
 
 import pytest
 import torch
@@ -61,9 +60,10 @@ def _two_group_fit(data, seed):
     return fit(_model(data, seed), data, cfg, objective=TwoGroups(), progress=False).model
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # a rendezvous file, not a port: a free port found first could be taken by a concurrent run
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
                             world_size=world)
     try:
         data = _data()
@@ -107,12 +107,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_shards_are_disjoint_equal_and_cover_the_usable_batch():
     idx = torch.randperm(67, generator=torch.Generator().manual_seed(0))
     parts = [ddp.shard(idx, ddp.World(r, 3)) for r in range(3)]
@@ -129,7 +123,7 @@ def test_trailing_batch_is_dropped_when_a_rank_would_get_one_sample():
 
 @pytest.mark.dist
 def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     a0, a1 = (load_file(str(tmp_path / f"A-rank{r}.safetensors")) for r in (0, 1))
     b0, b1 = (load_file(str(tmp_path / f"B-rank{r}.safetensors")) for r in (0, 1))
     for k in a0:
@@ -184,8 +178,8 @@ def test_train_cli_under_torchrun_is_data_parallel_and_rank0_only_prints(tmp_pat
     import sys
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "robustcompress.cli", "train", "--dataset", "digits", "--model",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "robustcompress.cli", "train", "--dataset", "digits", "--model",
            "lenet300", "--epochs", "2", "--batch-size", "64", "--train-limit", "400",
            "--test-limit", "200", "--out", str(run), "--no-progress", "--device", "cpu"]
     p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
@@ -213,8 +207,8 @@ def test_experiment_with_data_parallel_training_under_torchrun(tmp_path):
            "evaluation": {"n_samples": 40, "batch_size": 20, "threats": [{"norm": "linf", "eps": [0.1]}],
                           "paper": [{"attack": "fgsm"}], "adaptive": False}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "robustcompress.cli", "run", str(tmp_path / "c.yaml"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "robustcompress.cli", "run", str(tmp_path / "c.yaml"),
            "--no-progress", "--device", "cpu"]
     p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                        text=True, timeout=600)
