@@ -147,3 +147,37 @@ def test_cuda_batch_copy_through_pinned_memory_is_exact():
     x = torch.rand(4, 1, 8, 8)
     y = accel.batch_to(x, torch.device("cuda"), channels_last=False)
     assert y.device.type == "cuda" and torch.equal(y.cpu(), x)
+
+
+def test_deterministic_kernels_set_cudnn_for_cuda_only_and_restore_the_flags():
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True  # a user's own choice
+        with accel.deterministic_kernels(torch.device("cuda")):  # flags only: no GPU needed
+            assert cudnn.deterministic and not cudnn.benchmark
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        for device, on in (("cpu", True), ("cuda", False)):
+            with accel.deterministic_kernels(device, on):
+                assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        with pytest.raises(RuntimeError), accel.deterministic_kernels("cuda"):
+            raise RuntimeError("a failing step")
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+    assert TrainConfig().deterministic is True
+
+
+@cuda
+def test_cuda_fit_is_deterministic_by_default_and_reproduces_a_seed(digits):
+    seen = []
+
+    def objective(model, x, y):
+        seen.append(torch.backends.cudnn.deterministic)
+        return nn.functional.cross_entropy(model(x), y)
+
+    before = torch.backends.cudnn.deterministic
+    a = _train(digits, device="cuda", objective=objective)
+    b = _train(digits, device="cuda")
+    assert seen and all(seen) and torch.backends.cudnn.deterministic == before
+    assert _max_diff(a.model, b.model) == 0.0  # same seed, same weights, on a GPU too

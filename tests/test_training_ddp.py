@@ -60,12 +60,26 @@ def _two_group_fit(data, seed):
     return fit(_model(data, seed), data, cfg, objective=TwoGroups(), progress=False).model
 
 
+def _share_rank0_state(rank: int, out: str) -> None:
+    """broadcast_state gives every rank rank 0's tensors, bool and non-contiguous ones included
+    (what the runner does after replicas trained apart)."""
+    m = torch.nn.Linear(3, 4)
+    with torch.no_grad():
+        m.weight.data = torch.full((3, 4), float(rank)).t()  # non-contiguous
+        m.bias.fill_(rank)
+    m.register_buffer("mask", torch.tensor([True, False, bool(rank), True]))
+    ddp.broadcast_state(m, ddp.World(rank, 2))
+    assert m.weight.shape == (4, 3)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, f"{out}/S-rank{rank}.safetensors")
+
+
 def _worker(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
     # a rendezvous file, not a port: a free port found first could be taken by a concurrent run
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
                             world_size=world)
     try:
+        _share_rank0_state(rank, out)
         data = _data()
         if rank != 0:  # only rank 0 may write checkpoints
             def trap(*a, **k):
@@ -124,6 +138,9 @@ def test_trailing_batch_is_dropped_when_a_rank_would_get_one_sample():
 @pytest.mark.dist
 def test_two_process_fit_trains_identically_checkpoints_on_rank0_and_resumes(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    s0, s1 = (load_file(str(tmp_path / f"S-rank{r}.safetensors")) for r in (0, 1))
+    assert all(torch.equal(s0[k], s1[k]) for k in s0) and s1["weight"].abs().sum() == 0
+    assert s1["mask"].tolist() == [True, False, False, True]
     a0, a1 = (load_file(str(tmp_path / f"A-rank{r}.safetensors")) for r in (0, 1))
     b0, b1 = (load_file(str(tmp_path / f"B-rank{r}.safetensors")) for r in (0, 1))
     for k in a0:

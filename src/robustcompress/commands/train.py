@@ -87,6 +87,8 @@ def train_cmd(
     channels_last: bool = typer.Option(False, help="NHWC memory format for conv inputs and weights."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the model for training."),
     data_on_device: str = data_on_device_option(),
+    deterministic: bool = typer.Option(True, help="On CUDA, deterministic cuDNN kernels, so the "
+                                       "seed reproduces the run; --no-deterministic: faster kernels."),
 ) -> None:
     """Train a zoo model on a dataset and write a checkpoint (safetensors + JSON).
 
@@ -109,7 +111,8 @@ def train_cmd(
         dataset, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                   "weight_decay": weight_decay, "schedule": schedule, "crop_padding": crop_padding},
         milestones, momentum=momentum, gamma=gamma, seed=seed, max_batches_per_epoch=max_batches,
-        amp=amp, channels_last=channels_last, compile=compile_, data_on_device=data_on_device)
+        amp=amp, channels_last=channels_last, compile=compile_, data_on_device=data_on_device,
+        deterministic=deterministic)
     if model not in list_models():  # before the (slow) data load
         raise UserInputError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     dev = resolve_device(device)

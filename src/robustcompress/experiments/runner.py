@@ -43,6 +43,7 @@ from robustcompress.experiments.config import eps_label as format_eps_label
 from robustcompress.experiments.config_sources import build_base, file_digest, key_dict
 from robustcompress.experiments.store import ResultsStore
 from robustcompress.training.config import model_identity
+from robustcompress.training.state import config_key
 from robustcompress.experiments.units import (  # noqa: F401  (mean_std, batch_slices: older imports)
     NullWriter,
     UnitWork,
@@ -163,9 +164,22 @@ class Runner(UnitWork):
         second run on the same folder stops at once instead of redoing and overwriting work."""
         from robustcompress.experiments.lock import output_lock
 
+        from robustcompress.training.accel import deterministic_kernels
+
         lock = output_lock(self.out) if self.rank == 0 else contextlib.nullcontext()
-        with lock:
+        # deterministic cuDNN for the whole run on a GPU (training.deterministic, default true):
+        # resumed and sharded runs then give the same rows as an uninterrupted 1-process run
+        with lock, deterministic_kernels(self.device, self.cfg.training.get("deterministic", True)):
             return self._run()
+
+    def _share_rank0(self, model: nn.Module) -> nn.Module:
+        """Under torchrun, every rank continues with rank 0's weights and buffers (the ones rank
+        0 saves): replicas trained apart can differ in the last bits on a GPU."""
+        if self.world > 1:
+            from robustcompress.training import ddp
+
+            ddp.broadcast_state(model, ddp.World(self.rank, self.world))
+        return model
 
     def _run(self) -> RunSummary:
         from robustcompress.data import load_dataset
@@ -253,7 +267,7 @@ class Runner(UnitWork):
         res = fit(model, self.dataset, tcfg, checkpoint_dir=self.out / "train" / f"base-{self.base_key()}",
                   device=self.device, progress=self.progress and self.rank == 0,
                   distributed=tcfg.data_parallel is True)  # replicated unless asked: exact results
-        model = res.model
+        model = self._share_rank0(res.model)
         if self.rank == 0:
             save_checkpoint(model, path, {"config": tcfg.model_dump(mode="json"), "metrics": res.metrics,
                                           "dataset": self.dataset.info.to_dict()})
@@ -274,7 +288,7 @@ class Runner(UnitWork):
         def ctx_fit(model, objective=None, dataset=None, **overrides):
             tcfg = ctx.train_config(**overrides)  # the run's recipe + the defense's overrides
             calls[0] += 1
-            parts = [model_identity(tcfg.model_dump(mode="json")), type(objective).__name__]
+            parts = [config_key(tcfg), type(objective).__name__]  # what a resume must match
             if dataset is not None:  # training on its own data (feedback learning's augmented set)
                 parts.append(len(dataset.train))
             sub = workdir / f"fit{calls[0]}-{stable_hash(parts)}"
@@ -291,6 +305,7 @@ class Runner(UnitWork):
         for suffix, model in outputs.items():
             label = step.name if not suffix else f"{step.name}/{suffix}"
             key = stable_hash([step.key, suffix])
+            model = self._share_rank0(model.to(self.device))
             recipe = defense_records(model)
             path = self._ckpt(key, label)
             if self.rank == 0:
@@ -298,7 +313,7 @@ class Runner(UnitWork):
                                               "params": params.model_dump(mode="json"),
                                               "dataset": self.dataset.info.to_dict(), "recipe": recipe})
             entries.append({"label": label, "key": key, "path": str(path)})
-            produced.append(Variant(label, key, model.to(self.device), step.method, parent))
+            produced.append(Variant(label, key, model, step.method, parent))
         if self.rank == 0:
             tmp = index_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(entries, indent=2))

@@ -18,6 +18,11 @@ only how the training step is executed, never what is optimised.
   optimizer and checkpoints are unchanged); evaluation uses the plain model. A toolchain that
   cannot compile (no C++ compiler for the CPU backend, unsupported Python) raises a
   :class:`~robustcompress.errors.ConfigError` that says to turn ``compile`` off.
+* ``deterministic`` (on by default, unlike the others): on CUDA, cuDNN is restricted to
+  deterministic algorithms (``cudnn.deterministic = True``, ``benchmark = False``) while ``fit``
+  runs, and restored afterwards, so that a seed reproduces a run and a resumed run equals an
+  uninterrupted one on a GPU as on a CPU; ``False`` lets cuDNN pick faster, non-deterministic
+  kernels. No effect on CPU (its kernels are deterministic).
 * pinned memory: on CUDA every batch read from the host is copied into page-locked host memory
   and sent with ``non_blocking=True``; on CPU nothing changes. A training split resident on the
   device (``data_on_device``, :mod:`robustcompress.training.resident`) sends only the epoch's
@@ -122,3 +127,19 @@ def describe(config, device: torch.device, objective) -> Optional[str]:
         return (f"amp: {objective!r} runs attacks inside the training step, which stay in "
                 "float32; this run trains in float32")
     return None
+
+
+@contextlib.contextmanager
+def deterministic_kernels(device, on: bool = True):
+    """Inside, cuDNN uses deterministic algorithms only when ``device`` is CUDA and ``on``; the
+    previous flags are restored on exit (a no-op on CPU, whose kernels are deterministic)."""
+    if not on or torch.device(device).type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved

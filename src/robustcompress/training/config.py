@@ -27,8 +27,8 @@ class TrainConfig(BaseModel):
     2 epochs and to >= 95% on the 8x8 digits; the papers' recipes are set explicitly in configs.
 
     Execution options (``amp``, ``amp_dtype``, ``channels_last``, ``compile``, ``data_parallel``,
-    ``data_on_device``) change how a step runs, not what it optimises; a run may resume with
-    others. ``data_on_device``: ``"auto"`` keeps the training split on a CUDA device when it
+    ``data_on_device``, ``deterministic``) change how a step runs, not what it optimises; a run
+    may resume with others. ``data_on_device``: ``"auto"`` keeps the training split on a CUDA device when it
     takes at most half its free memory (float32: 615 MB for CIFAR-10), ``True`` always (a
     ConfigError when it does not fit; on CPU the same code path, a no-op), ``False`` never;
     batches and augmentation are bit-identical either way (:mod:`robustcompress.training.resident`).
@@ -64,6 +64,9 @@ class TrainConfig(BaseModel):
     data_on_device: Union[bool, Literal["auto"]] = Field(
         "auto", description="keep the training split on the training device and gather batches "
         "there: auto = on a CUDA device when it fits (robustcompress.training.resident)")
+    deterministic: bool = Field(
+        True, description="on CUDA, deterministic cuDNN kernels while training, so a seed "
+        "reproduces the run (robustcompress.training.accel); False = cuDNN's faster choice")
     data_parallel: Optional[bool] = Field(
         None, description="under torchrun: None/True = split every batch over the processes and "
         "average gradients; False = every process trains its own full copy")

@@ -127,7 +127,11 @@ def broadcast_state(model: nn.Module, w: World) -> None:
         return
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
+            # collectives want contiguous tensors, and not every backend takes bool
+            buf = t.data.contiguous()
+            dist.broadcast(buf.view(torch.uint8) if buf.dtype == torch.bool else buf, src=0)
+            if buf.data_ptr() != t.data.data_ptr():
+                t.data.copy_(buf)
 
 
 def average_buffers(model: nn.Module, w: World) -> None:

@@ -258,14 +258,15 @@ def fit(model: nn.Module, dataset: Dataset, config: Optional[TrainConfig] = None
     last_out: dict[str, torch.Tensor] = {}
     hook = train_model.register_forward_hook(lambda _m, _i, o: last_out.__setitem__("o", o))
     try:
-        for epoch in range(start, config.epochs):
-            history.append(_run_epoch(train_model, model, dataset, config, objective, opts, groups,
-                                      base_lrs, epoch, dev, aug, progress, last_out, ex))
-            if ckdir is not None:
-                if world.is_main:
-                    save_state(ckdir, epoch + 1, model, opts, config, history, objective,
-                                dataset.info)
-                ddp.barrier(world)
+        with accel.deterministic_kernels(dev, config.deterministic):
+            for epoch in range(start, config.epochs):
+                history.append(_run_epoch(train_model, model, dataset, config, objective, opts,
+                                          groups, base_lrs, epoch, dev, aug, progress, last_out, ex))
+                if ckdir is not None:
+                    if world.is_main:
+                        save_state(ckdir, epoch + 1, model, opts, config, history, objective,
+                                    dataset.info)
+                    ddp.barrier(world)
     finally:
         hook.remove()
         if config.channels_last:

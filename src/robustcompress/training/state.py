@@ -61,7 +61,7 @@ def optim_from_files(opts: dict[str, torch.optim.Optimizer], tensors: dict, js: 
 
 #: Settings that change how a step runs, not the run: they may differ when resuming.
 EXECUTION_KEYS = ("epochs", "amp", "amp_dtype", "channels_last", "compile", "data_parallel",
-                  "data_on_device")
+                  "data_on_device", "deterministic")
 
 
 def config_key(config: TrainConfig) -> dict:
