@@ -250,7 +250,8 @@ def _epoch(ctx: Ctx, images: int, warmup: int, objective=None, **opts) -> tuple[
 
 
 def part_train(ctx: Ctx) -> None:
-    """A ResNet-20 standard epoch: amp and channels_last on CUDA, plain float32 elsewhere."""
+    """A ResNet-20 standard epoch: amp and channels_last on CUDA, plain float32 elsewhere; on
+    CUDA with the default deterministic cuDNN kernels and again without."""
     cuda, b = ctx.dev.type == "cuda", ctx.p["train_batch"]
     s, n = _epoch(ctx, ctx.p["epoch_images"], ctx.p["warmup_steps"], amp=cuda, channels_last=cuda)
     how = "amp + channels_last" if cuda else "float32"
@@ -259,6 +260,13 @@ def part_train(ctx: Ctx) -> None:
           f"{CIFAR_EPOCH}), goal < 3 s on an H100/H200")
     ctx.row(f"ResNet-20 standard epoch ({how}, batch {b}; {n} images timed, per 50,000)",
             f"{s:.2f} s", "", "", "< 3 s")
+    if cuda:  # the price of the default deterministic cuDNN kernels
+        f, _ = _epoch(ctx, ctx.p["epoch_images"], ctx.p["warmup_steps"], amp=True,
+                      channels_last=True, deterministic=False)
+        print(f"RESULT train: the same epoch with deterministic=False {f:.2f} s "
+              f"(deterministic / not: {s / f:.2f}x)")
+        ctx.row(f"ResNet-20 standard epoch, deterministic=False (deterministic / not)",
+                f"{f:.2f} s", "", f"{s / f:.2f}x", "-")
 
 
 def part_train_at(ctx: Ctx) -> None:
