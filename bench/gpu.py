@@ -265,7 +265,7 @@ def part_train(ctx: Ctx) -> None:
                       channels_last=True, deterministic=False)
         print(f"RESULT train: the same epoch with deterministic=False {f:.2f} s "
               f"(deterministic / not: {s / f:.2f}x)")
-        ctx.row(f"ResNet-20 standard epoch, deterministic=False (deterministic / not)",
+        ctx.row("ResNet-20 standard epoch, deterministic=False (deterministic / not)",
                 f"{f:.2f} s", "", f"{s / f:.2f}x", "-")
 
 
