@@ -134,7 +134,8 @@ def _noise_kernels(device: torch.device):
 
 def _warm_up(kernels, device: str) -> None:
     zeros = torch.zeros(2, dtype=torch.int64, device=device)
-    kernels.fill(torch.empty(2, 8, device=device), zeros, zeros, True)
+    for normal in (False, True):  # float32, what attacks draw (other dtypes compile on first use)
+        kernels.fill(torch.empty(2, 8, device=device), zeros, zeros, normal)
 
 
 __all__ = ["SampleNoise", "child_generator", "draw_seed"]
