@@ -110,6 +110,45 @@ def test_pgd_random_starts_are_batch_invariant_and_in_the_ball(backend, norm):
     assert whole.min() >= 0 and whole.max() <= 1
 
 
+class AcceleratorGenerator:
+    """What SampleNoise reads of a CUDA generator (seed and Philox offset, host-side state), so
+    the no-draw, no-sync path for accelerator generators runs on CPU tensors here."""
+
+    device = torch.device("cuda")
+
+    def __init__(self, seed, offset=0):
+        self.seed, self.offset = seed, offset
+
+    def initial_seed(self):
+        return self.seed
+
+    def get_offset(self):
+        return self.offset
+
+    def set_offset(self, offset):
+        assert offset % 4 == 0  # what torch's CUDA generator demands
+        self.offset = offset
+
+
+def test_accelerator_generators_give_split_invariant_streams_without_draws(backend):
+    if backend != "philox":
+        pytest.skip("accelerator generators without triton draw one seed per sample (a GPU test)")
+    x = torch.zeros(7, 5)
+    gen = AcceleratorGenerator(2**64 - 3, offset=8)
+    whole = SampleNoise(7, gen, torch.device("cpu")).randn(x)
+    assert gen.offset == 8 + 4 * 7  # advanced as by 7 draws
+    gen = AcceleratorGenerator(2**64 - 3, offset=8)
+    parts = [SampleNoise(k, gen, torch.device("cpu")).randn(x[:k]) for k in (3, 4)]
+    assert torch.equal(torch.cat(parts), whole)
+    other = SampleNoise(7, AcceleratorGenerator(5, offset=8), torch.device("cpu")).randn(x)
+    assert not torch.equal(other, whole)
+    later = SampleNoise(7, AcceleratorGenerator(2**64 - 3, offset=8 + 28), torch.device("cpu")).randn(x)
+    assert not torch.equal(later, whole)  # the next call's streams are new ones
+    assert len({tuple(r.tolist()) for r in whole}) == 7  # every sample its own stream
+    high = SampleNoise(7, AcceleratorGenerator(2**64 - 3, offset=8 + 4 * 2**32), "cpu").randn(x)
+    assert not torch.equal(high, whole)  # stream numbers use all 64 bits
+
+
 def test_an_unusable_kernel_falls_back_to_generators_with_a_warning(monkeypatch):
     kernels = pytest.importorskip("robustcompress.attacks._noise_triton")
     from robustcompress.triton_support import load_kernels

@@ -2,9 +2,10 @@
 
 On a GPU, one ``torch.Generator`` per sample costs one launch per sample and draw (1,024 launches
 for a PGD random start at batch 1,024). Here every sample's stream is counter-based instead, and
-a whole batch is one launch: element ``j`` of draw ``k`` of a sample with 64-bit seed ``s`` is a
-function of ``(s, k, j)`` alone, Philox-4x32-10 (Salmon et al., SC'11; Triton's ``tl.philox``)
-keyed by ``s`` at counter ``(j, k, 0, 0)``. The caller keeps ``k`` per sample on the device.
+a whole batch is one launch: element ``j`` of draw ``k`` of a sample with 64-bit key ``s`` and
+stream number ``t`` is a function of ``(s, t, k, j)`` alone, Philox-4x32-10 (Salmon et al.,
+SC'11; Triton's ``tl.philox``) keyed by ``s`` at counter ``(j, k, t_lo, t_hi)``. The caller keeps
+``k`` per sample on the device (and picks ``s``, ``t``: :func:`robustcompress.attacks.seeds._philox_rows`).
 
 * uniform: the top ``BITS`` bits of the first word times ``2**-BITS``, ``BITS`` the output's
   significand (float32 24, float16 11, bfloat16 8: exactly representable, so ``[0, 1)`` as
@@ -40,16 +41,18 @@ def _uniform(w0, w1, BITS: tl.constexpr):
 
 
 @triton.jit
-def _noise_kernel(seed_ptr, draw_ptr, out_ptr, total, D, NORMAL: tl.constexpr, BITS: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _noise_kernel(key_ptr, stream_ptr, draw_ptr, out_ptr, total, D, NORMAL: tl.constexpr,
+                  BITS: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = n < total
     row = tl.where(ok, n // D, 0)
     col = (n - row * D).to(tl.uint32)
-    seed = tl.load(seed_ptr + row)
+    key = tl.load(key_ptr + row)
+    stream = tl.load(stream_ptr + row)
     k = tl.load(draw_ptr + row).to(tl.uint32)
-    zero = col * 0
-    w0, w1, w2, w3 = tl.philox(seed, col, k, zero, zero)
+    t_lo = (stream & 0xFFFFFFFF).to(tl.uint32)
+    t_hi = ((stream >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    w0, w1, w2, w3 = tl.philox(key, col, k, t_lo, t_hi)
     u = _uniform(w0, w1, BITS)
     if NORMAL:
         v = _uniform(w2, w3, BITS)
@@ -57,9 +60,11 @@ def _noise_kernel(seed_ptr, draw_ptr, out_ptr, total, D, NORMAL: tl.constexpr, B
     tl.store(out_ptr + n, u.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def fill(out: torch.Tensor, seeds: torch.Tensor, draws: torch.Tensor, normal: bool) -> torch.Tensor:
-    """Write draw ``draws[i]`` of the stream seeded ``seeds[i]`` into row ``i`` of ``out``
-    (contiguous, float64/32/16 or bfloat16; uniform or, with ``normal``, standard normal)."""
+def fill(out: torch.Tensor, keys: torch.Tensor, streams: torch.Tensor, draws: torch.Tensor,
+         normal: bool) -> torch.Tensor:
+    """Write draw ``draws[i]`` of stream ``streams[i]`` keyed ``keys[i]`` (int64 each) into row
+    ``i`` of ``out`` (contiguous, float64/32/16 or bfloat16; uniform or, with ``normal``, standard
+    normal)."""
     if out.dtype not in BITS:
         raise TypeError(f"per-sample noise in {out.dtype} is not supported; use a float dtype")
     total = out.numel()
@@ -68,6 +73,6 @@ def fill(out: torch.Tensor, seeds: torch.Tensor, draws: torch.Tensor, normal: bo
     bits = BITS[out.dtype] if out.dtype == torch.float64 or not normal else 24
     block = BLOCKS["cuda" if out.device.type == "cuda" else "cpu"]
     grid = (triton.cdiv(total, block),)
-    _noise_kernel[grid](seeds, draws, out, total, total // out.shape[0], NORMAL=normal, BITS=bits,
+    _noise_kernel[grid](keys, streams, draws, out, total, total // out.shape[0], NORMAL=normal, BITS=bits,
                         BLOCK=block)
     return out

@@ -41,11 +41,11 @@ class SampleNoise:
         self.device = torch.device(device)
         kernels = _noise_kernels(self.device)
         if kernels is None:
-            seeds = _seeds(n, generator, host=True)
+            seeds = _seeds(n, generator)
             self._streams = _GeneratorStreams(seeds.tolist() if torch.is_tensor(seeds) else seeds,
                                               self.device)
         else:
-            self._streams = _PhiloxStreams(kernels, _seeds(n, generator, host=False), self.device)
+            self._streams = _PhiloxStreams(kernels, *_philox_rows(n, generator, self.device))
         self._rows: Optional[list[int]] = None  # the rows of the streams this object draws from
 
     def select(self, index) -> "SampleNoise":
@@ -81,17 +81,38 @@ class SampleNoise:
         return self._draw(like, (), index, normal=False)
 
 
-def _seeds(n: int, generator: Optional[torch.Generator], host: bool):
-    """``n`` seeds drawn in order from ``generator``: a CPU tensor, or where the generator is on
-    an accelerator a list of host ints (``host``) or a tensor on its device (no host sync)."""
+def _seeds(n: int, generator: Optional[torch.Generator]):
+    """``n`` seeds drawn in order from ``generator``: a CPU tensor, or a list of host ints where
+    the generator is on an accelerator (one draw, and one host sync, per seed)."""
     gdev = generator.device if generator is not None else torch.device("cpu")
     if gdev.type == "cpu":
         return torch.randint(0, 2**62, (n,), generator=generator)
     # one draw per call: CUDA generators are not prefix-consistent across sizes
-    if host:
-        return [draw_seed(generator) for _ in range(n)]
-    draws = [torch.randint(0, 2**62, (1,), generator=generator, device=gdev) for _ in range(n)]
-    return torch.cat(draws) if draws else torch.empty(0, dtype=torch.int64, device=gdev)
+    return [draw_seed(generator) for _ in range(n)]
+
+
+#: Philox key of streams taken from an accelerator generator's state: its seed XOR this, so
+#: they never coincide with the generator's own draws (torch keys those with the seed itself)
+_STREAM_DOMAIN = 0x5A3C_96E1_0F2D_B487
+
+
+def _philox_rows(n: int, generator: Optional[torch.Generator], device: torch.device):
+    """``(keys, streams)`` of ``n`` per-sample Philox streams on ``device``, in order from
+    ``generator``, which advances as if by ``n`` draws. A CPU generator (or the global CPU RNG):
+    one drawn seed a sample, stream 0. An accelerator's generator: no draw and no host sync; key
+    from its seed, streams ``offset/4 + i`` from its Philox offset (advanced by ``4n``, so
+    splitting a batch over several calls gives the same streams)."""
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    if gdev.type == "cpu":
+        keys = torch.randint(0, 2**62, (n,), generator=generator).to(device, non_blocking=True)
+        return keys, torch.zeros(n, dtype=torch.int64, device=device)
+    offset = generator.get_offset()
+    generator.set_offset(offset + 4 * n)
+    key = generator.initial_seed() ^ _STREAM_DOMAIN
+    key = key - 2**64 if key >= 2**63 else key  # as int64
+    first = offset // 4
+    return (torch.full((n,), key, dtype=torch.int64, device=device),
+            torch.arange(first, first + n, dtype=torch.int64, device=device))
 
 
 class _GeneratorStreams:
@@ -108,21 +129,20 @@ class _GeneratorStreams:
 
 
 class _PhiloxStreams:
-    """Counter-based streams: a seed and a draw count per sample, on the device."""
+    """Counter-based streams: a key, a stream number and a draw count per sample, on the device."""
 
-    def __init__(self, kernels, seeds: torch.Tensor, device: torch.device):
-        self.n, self.kernels = len(seeds), kernels
-        self.seeds = seeds.to(device, non_blocking=True)  # without waiting for the device's queue
-        self.draws = torch.zeros(self.n, dtype=torch.int64, device=device)
+    def __init__(self, kernels, keys: torch.Tensor, streams: torch.Tensor):
+        self.n, self.kernels, self.keys, self.streams = len(keys), kernels, keys, streams
+        self.draws = torch.zeros(self.n, dtype=torch.int64, device=keys.device)
 
     def draw(self, rows, shape, dtype, device, normal: bool) -> torch.Tensor:
-        out = torch.empty(shape, dtype=dtype, device=self.seeds.device)
+        out = torch.empty(shape, dtype=dtype, device=self.keys.device)
         if rows is None:
-            self.kernels.fill(out, self.seeds, self.draws, normal)
+            self.kernels.fill(out, self.keys, self.streams, self.draws, normal)
             self.draws += 1
         else:
-            idx = torch.tensor(rows, dtype=torch.int64).to(self.seeds.device, non_blocking=True)
-            self.kernels.fill(out, self.seeds[idx], self.draws[idx], normal)
+            idx = torch.tensor(rows, dtype=torch.int64).to(self.keys.device, non_blocking=True)
+            self.kernels.fill(out, self.keys[idx], self.streams[idx], self.draws[idx], normal)
             self.draws.index_add_(0, idx, torch.ones_like(idx))
         return out.to(device)
 
@@ -135,7 +155,7 @@ def _noise_kernels(device: torch.device):
 def _warm_up(kernels, device: str) -> None:
     zeros = torch.zeros(2, dtype=torch.int64, device=device)
     for normal in (False, True):  # float32, what attacks draw (other dtypes compile on first use)
-        kernels.fill(torch.empty(2, 8, device=device), zeros, zeros, normal)
+        kernels.fill(torch.empty(2, 8, device=device), zeros, zeros, zeros, normal)
 
 
 __all__ = ["SampleNoise", "child_generator", "draw_seed"]
