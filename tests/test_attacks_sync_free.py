@@ -337,3 +337,18 @@ def test_apgd_step_loop_has_no_syncs(loss):
                                       generator=torch.Generator().manual_seed(0)))
               for s in (10, 30)]
     assert counts[0] == counts[1] <= 8  # per restart and per attack only
+
+
+@pytest.mark.parametrize("kind", ["fab", "fab-t"])
+def test_fab_syncs_do_not_grow_with_steps(kind):
+    """FAB's step loop has no host sync (untargeted: the class list is built once, without a
+    boolean mask); the remaining ones are per restart and target."""
+    model = row_mlp()
+    x, y, _ = batch(model)
+    threat = ThreatModel("linf", 1e-3, (0.0, 1.0))
+
+    def run(steps):
+        return _syncs(lambda: run_attack(kind, model, x, y, threat, steps=steps, restarts=1,
+                                         generator=torch.Generator().manual_seed(0)))
+
+    assert run(5) == run(20)

@@ -89,10 +89,11 @@ def project_hyperplane_box(t: torch.Tensor, w: torch.Tensor, c: torch.Tensor, no
     return torch.where(active, d, torch.zeros_like(d)) * flip[:, None]
 
 
-def _linearisation(model, x1, y, target, user_targeted: bool):
-    """``(f [B, K], g [B, K, ...])``: the linearised boundaries at ``x1`` (module doc)."""
+def _linearisation(model, x1, y, target, user_targeted: bool, classes=None):
+    """``(f [B, K], g [B, K, ...])``: the linearised boundaries at ``x1`` (module doc);
+    untargeted: against ``classes`` (:func:`_all_classes`)."""
     if target is None:
-        _, picked, grads = candidate_gradients(model, x1, _all_classes(model, x1, y))
+        _, picked, grads = candidate_gradients(model, x1, classes)
         return picked[:, 1:] - picked[:, :1], grads[:, 1:] - grads[:, :1]
     xi = x1.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -104,12 +105,12 @@ def _linearisation(model, x1, y, target, user_targeted: bool):
 
 
 def _all_classes(model, x1, y):
-    """``[B, C]``: each sample's label first, then every other class (the reference uses all)."""
+    """``[B, C]``: each sample's label first, then every other class in order (the reference
+    uses all); one forward of one sample for ``C``, and no host sync."""
     with torch.no_grad():
         n = model(x1[:1]).shape[1]
-    others = torch.arange(n, device=y.device).expand(y.shape[0], n)
-    others = others[others != y[:, None]].view(y.shape[0], n - 1)
-    return torch.cat([y[:, None], others], dim=1)
+    k = torch.arange(n - 1, device=y.device).expand(y.shape[0], n - 1)
+    return torch.cat([y[:, None], k + (k >= y[:, None]).to(k.dtype)], dim=1)
 
 
 def fab_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, goal, *,
@@ -123,8 +124,9 @@ def fab_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Ten
     rows = torch.arange(b, device=x.device)
     x0, x1 = x.detach(), start.detach().clone()
     best_adv, best = x0.clone(), torch.full((b,), float("inf"), device=x.device, dtype=x.dtype)
+    classes = _all_classes(model, x1, y) if target is None else None  # once, not per step
     for _ in range(steps):
-        f, g = _linearisation(model, x1, y, target, user_targeted)
+        f, g = _linearisation(model, x1, y, target, user_targeted, classes)
         gf = g.flatten(2)
         dual = gf.abs().sum(2) if norm == "linf" else gf.norm(dim=2)
         j = (f.abs() / (dual + 1e-12)).argmin(dim=1)
