@@ -352,3 +352,18 @@ def test_fab_syncs_do_not_grow_with_steps(kind):
                                          generator=torch.Generator().manual_seed(0)))
 
     assert run(5) == run(20)
+
+
+def test_cw_syncs_are_per_abort_check_not_per_step():
+    """C&W keeps its best adversarials with torch.where (no boolean-mask copy per step); the
+    early-abort check runs every steps // 10 steps, so syncs stay flat as steps grow."""
+    model = row_mlp()
+    x, y, _ = batch(model)
+    threat = ThreatModel("l2", 1e-2, (0.0, 1.0))
+
+    def run(steps):
+        return _syncs(lambda: run_attack("cw", model, x, y, threat, steps=steps,
+                                         generator=torch.Generator().manual_seed(0)))
+
+    few, many = run(10), run(100)
+    assert many - few <= 10  # was about 2 per step and search step: hundreds more

@@ -134,7 +134,7 @@ def cw_l2_perturb(
                 l2 = l2sq.sqrt()
                 better = hit & (l2 < best_l2)
                 best_l2 = torch.where(better, l2, best_l2)
-                best_adv[better] = x_new[better].detach()
+                best_adv = torch.where(bcast_rows(better, x0), x_new.detach(), best_adv)  # no sync
                 succeeded |= hit
                 # Adam, per element; frozen samples keep their iterate.
                 m = beta1 * m + (1 - beta1) * grad
