@@ -20,7 +20,12 @@ queries for quick runs. Deviations:
   less than the smallest spatial size;
 * stochastic models (AutoAttack issue #56): the margin is averaged over ``eot_samples`` forward
   passes per query, and a sample stops being queried only when its *averaged* margin is
-  negative; the caller re-judges every adversarial with MC-averaged predictions.
+  negative; the caller re-judges every adversarial with MC-averaged predictions;
+* host syncs: the rows still queried are looked up (one sync) only at the iterations
+  :func:`~robustcompress.attacks.iterative.check_due` names (every one on CPU; 1, 2, 4, 8 and then
+  every 8th on an accelerator); rows that fall in between are frozen on the device (queried but
+  never updated), which changes no result when a row's scores do not depend on its batch (a
+  stochastic model draws for them, so its draws, not the semantics, differ on an accelerator).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from robustcompress.attacks import iterative
 from robustcompress.attacks.cw import margin
 from robustcompress.attacks.draws import generator_scope
 from robustcompress.attacks.registry import register_attack
@@ -117,7 +123,7 @@ class _Draws:
         """(window uniforms ``[B, n_spatial]``, signs ``[B, attempts, C]``) of iteration ``it``."""
         if self.start is None or not self.start <= it < self.start + self.span:
             self.start = it
-            steps = torch.arange(it, min(it + self.span, self.n_queries))
+            steps = torch.arange(it, min(it + self.span, self.n_queries), device=self.seeds.device)
             self.window = uniform_block(self.seeds, steps, 1, self.n_spatial)
             u = torch.stack([uniform_block(self.seeds, steps, 2 + a, self.channels)
                              for a in range(_MAX_ATTEMPTS)], dim=2)
@@ -152,24 +158,41 @@ def window_mask(spatial: tuple[int, ...], side: int, u: torch.Tensor) -> torch.T
     return mask
 
 
-def _proposal(xc, xb, mask, signs, eps, lo, hi, sign_view) -> torch.Tensor:
+def _unmoved(cand: torch.Tensor, xb: torch.Tensor, mask: torch.Tensor, lead: int) -> torch.Tensor:
+    """Per proposal (the first ``lead`` axes): True if it leaves its window as ``xb`` (to 1e-7)."""
+    return (((cand - xb).abs() < 1e-7) | ~mask).flatten(lead).all(dim=lead)
+
+
+def _redraws(xc, xb, mask, signs, eps, lo, hi, sign_view) -> torch.Tensor:
+    """Per row, the first of the draws ``signs[:, 1:]`` that moves the point (else the last)."""
+    t, rest = xc.shape[0], _MAX_ATTEMPTS - 1
+    s_rest = signs[:, 1:].view((t, rest) + sign_view)
+    delta = (xb - xc)[:, None]
+    cand = (xc[:, None] + torch.where(mask[:, None], eps * s_rest, delta)).clamp(lo, hi)
+    moved = ~_unmoved(cand, xb[:, None], mask[:, None], 2)
+    first = torch.where(moved.any(dim=1), moved.to(torch.uint8).argmax(dim=1), rest - 1)
+    return cand[torch.arange(t, device=cand.device), first]
+
+
+def _proposal(xc, xb, mask, signs, eps, lo, hi, sign_view, all_rows: bool = False) -> torch.Tensor:
     """The current best point with a fresh ``+-eps`` per channel in the window; where that would
     not change the point, the first of the next ``_MAX_ATTEMPTS - 1`` draws that does (else the
     last), as the reference's redraw loop does. The redraws are tried all at once, in row chunks
-    of at most ~4M values."""
+    of at most ~4M values: for the rows that need them (a host sync), or with ``all_rows`` for
+    every row, kept where needed (no sync; the same result)."""
     n = xc.shape[0]
-    delta = xb - xc
-    x_new = (xc + torch.where(mask, eps * signs[:, 0].view((n,) + sign_view), delta)).clamp(lo, hi)
-    todo = (((x_new - xb).abs() < 1e-7) | ~mask).flatten(1).all(dim=1).nonzero().flatten()
-    rest = _MAX_ATTEMPTS - 1
-    chunk = max(1, 4_000_000 // (rest * xc[0].numel()))
-    for part in todo.split(chunk):
-        t = part.numel()
-        s_rest = signs[part, 1:].view((t, rest) + sign_view)
-        cand = (xc[part, None] + torch.where(mask[part, None], eps * s_rest, delta[part, None])).clamp(lo, hi)
-        moved = ~(((cand - xb[part, None]).abs() < 1e-7) | ~mask[part, None]).flatten(2).all(dim=2)
-        first = torch.where(moved.any(dim=1), moved.to(torch.uint8).argmax(dim=1), rest - 1)
-        x_new[part] = cand[torch.arange(t, device=cand.device), first]
+    first = eps * signs[:, 0].view((n,) + sign_view)
+    x_new = (xc + torch.where(mask, first, xb - xc)).clamp(lo, hi)
+    todo = _unmoved(x_new, xb, mask, 1)
+    chunk = max(1, 4_000_000 // ((_MAX_ATTEMPTS - 1) * xc[0].numel()))
+    if all_rows:
+        for a in range(0, n, chunk):
+            r = slice(a, a + chunk)
+            redrawn = _redraws(xc[r], xb[r], mask[r], signs[r], eps, lo, hi, sign_view)
+            x_new[r] = torch.where(todo[r].view((-1,) + (1,) * (xc.dim() - 1)), redrawn, x_new[r])
+        return x_new
+    for part in todo.nonzero().flatten().split(chunk):
+        x_new[part] = _redraws(xc[part], xb[part], mask[part], signs[part], eps, lo, hi, sign_view)
     return x_new
 
 
@@ -215,10 +238,15 @@ def square_linf_perturb(
     sign_view = (C,) + (1,) * len(spatial)
     draws = _Draws(seeds, len(spatial), C, n_queries)
 
+    every = iterative.check_interval(dev)
+    rows_view = (-1,) + (1,) * (x_view.dim() - 1)
     for it in range(1, n_queries):
-        idx = (margin_best >= 0).nonzero().flatten()
-        if idx.numel() == 0:
-            break
+        if iterative.check_due(it, every):  # the host drops the rows found adversarial: one sync
+            idx = (margin_best >= 0).nonzero().flatten()
+            if idx.numel() == 0:
+                break
+        mb = margin_best[idx]
+        active = mb >= 0  # rows fallen since the last check are frozen: queried, never updated
         xc, xb = x_view[idx], x_best[idx]
         p = p_selection(p_init, it, n_queries)
         side = round((p * n_features / C) ** (1.0 / len(spatial)))
@@ -226,12 +254,12 @@ def square_linf_perturb(
         u_window, signs = draws.at(it)
         mask = window_mask(spatial, side, u_window[idx])
         signs = signs[idx].to(x0.dtype)
-        x_new = _proposal(xc, xb, mask, signs, eps, lo, hi, sign_view)
+        x_new = _proposal(xc, xb, mask, signs, eps, lo, hi, sign_view, all_rows=every > 1)
         m_new = fwd_margin(x_new, idx)
-        queries[idx] += 1
-        better = m_new < margin_best[idx]
-        margin_best[idx] = torch.where(better, m_new, margin_best[idx])
-        x_best[idx[better]] = x_new[better]
+        better = active & (m_new < mb)
+        queries.index_add_(0, idx, active.long())
+        margin_best.index_copy_(0, idx, torch.where(better, m_new, mb))
+        x_best.index_copy_(0, idx, torch.where(better.view(rows_view), x_new, xb))
     return SquareOutput(x_best.view(x0.shape), margin_best, queries)
 
 
