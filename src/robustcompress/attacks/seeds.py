@@ -104,7 +104,7 @@ def _philox_rows(n: int, generator: Optional[torch.Generator], device: torch.dev
     splitting a batch over several calls gives the same streams)."""
     gdev = generator.device if generator is not None else torch.device("cpu")
     if gdev.type == "cpu":
-        keys = torch.randint(0, 2**62, (n,), generator=generator).to(device, non_blocking=True)
+        keys = _seeds(n, generator).to(device, non_blocking=True)
         return keys, torch.zeros(n, dtype=torch.int64, device=device)
     offset = generator.get_offset()
     generator.set_offset(offset + 4 * n)
